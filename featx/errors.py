@@ -1,0 +1,21 @@
+"""Errors a user can act on. The CLI prints their message alone, without a traceback."""
+
+
+class FeatxError(Exception):
+    """Base class: the message says what is wrong and what to do."""
+
+
+class WeightsError(FeatxError):
+    """Weights cannot be found, downloaded or read, or do not fit the net."""
+
+
+class ImageError(FeatxError):
+    """An image cannot be read; the message names the image and the reason."""
+
+
+class CacheError(FeatxError):
+    """A descriptor cache cannot be used as asked (locked, mismatched, incomplete)."""
+
+
+class DatasetError(FeatxError):
+    """A dataset is missing or malformed; the message names the file (and line)."""

@@ -1,0 +1,231 @@
+"""Dense multi-scale descriptors: one image, one net, one scale Q -> one fc7 vector (SPEC.md s.2).
+
+The image is rescaled (short side Q), run densely through the net, the post-ReLU fc7 map is
+average-pooled, and the same is done for the mirrored image; the two vectors are averaged.
+
+Speed comes from shape: images whose rescaled size is equal are batched together (VOC images
+mostly share two shapes), the image and its mirror share one forward pass, tensors are
+channels-last, and a thread pool decodes and resizes the next batches while the net runs.
+Batches are a fixed function of the image sizes (sorted by shape, cut every `batch_size`), so
+a resumed run sees exactly the batches an uninterrupted one would: results are bit-identical.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections import defaultdict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .errors import ImageError
+from .images import INTERPOLATION, load_resized, name_of, read_size, target_size
+from .nets import DenseVGG, NetSpec, get_spec
+from .weights import load_weights
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" picks cuda, then mps, then cpu."""
+    if str(device) != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def check_scales(scales: Iterable[int], spec: NetSpec) -> tuple[int, ...]:
+    scales = tuple(int(q) for q in scales)
+    if not scales:
+        raise ValueError("at least one scale Q is needed")
+    if len(set(scales)) != len(scales):
+        raise ValueError(f"scales {scales} repeat a value")
+    small = [q for q in scales if q < spec.min_side]
+    if small:
+        raise ValueError(f"scale Q={small[0]} is too small: the 7x7 fc6 window needs images whose "
+                         f"short side is at least {spec.min_side} px (use Q >= {spec.min_side})")
+    return scales
+
+
+@dataclass
+class Batch:
+    """What one forward pass produced: rows `indices` of the image set at scale `scale`."""
+
+    scale: int
+    indices: np.ndarray
+    descriptors: np.ndarray  # (len(indices), dim) float32, flip-averaged, not normalised
+    failures: dict = field(default_factory=dict)  # image index -> reason
+
+
+def plan_batches(sizes: Sequence, q: int, batch_size: int) -> list[np.ndarray]:
+    """Group image indices by rescaled shape, then cut each group every `batch_size` images.
+
+    `sizes[i]` is (h, w) or None for an image that cannot be read (left out).
+    """
+    groups = defaultdict(list)
+    for i, hw in enumerate(sizes):
+        if hw is not None:
+            groups[target_size(tuple(hw), q)].append(i)
+    return [np.asarray(idx[k:k + batch_size]) for shape in sorted(groups)
+            for idx in [groups[shape]] for k in range(0, len(idx), batch_size)]
+
+
+class Extractor:
+    """Frozen VGG net turned into a dense multi-scale image descriptor.
+
+    >>> ex = Extractor(net="E", weights="vgg19.pth", preprocess="caffe", scales=(256, 384))
+    >>> ex.extract(["a.jpg", "b.jpg"]).shape
+    (2, 2, 4096)
+
+    net: "D" (VGG16) or "E" (VGG19). scales: short sides Q (each >= 224).
+    weights: "torchvision" (default), "caffe", a .pth / Keras .h5 file, or "random[:seed]".
+    preprocess: "caffe" or "torchvision"; needed only for a bare .pth file (the named sources
+        carry their own). device: "auto" (cuda > mps > cpu), "cpu", "cuda:1", ...
+    dtype: "float32", or "bfloat16" / "float16" (meant for GPUs; pooling stays float32).
+    batch_size: images per forward pass (each also runs mirrored, so the net sees twice as
+        many). workers: threads decoding and resizing ahead of the net.
+    """
+
+    def __init__(self, net="D", scales=(256, 384, 512), flip=True, weights="torchvision",
+                 preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
+                 progress=False):
+        self.spec = get_spec(net)
+        self.scales = check_scales(scales, self.spec)
+        self.flip = bool(flip)
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+        self.dtype = dtype
+        self.device = resolve_device(device)
+        self.batch_size = int(batch_size)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
+        self.progress = progress
+        loaded = load_weights(self.spec, weights, preprocess, progress=progress)
+        self.preprocess = loaded.preprocess
+        self.model = self._build(loaded, with_fc8=False)
+        # The tensors now live in the model; keep only the provenance.
+        self.weights = dataclasses.replace(loaded, state_dict={})
+
+    def _build(self, loaded, with_fc8):
+        model = DenseVGG(self.spec, with_fc8=with_fc8)
+        model.load_torchvision_state_dict(loaded.state_dict, origin=str(loaded.path or loaded.source))
+        return model.eval().requires_grad_(False).to(
+            self.device, DTYPES[self.dtype], memory_format=torch.channels_last)
+
+    @property
+    def dim(self) -> int:
+        return self.spec.fc_dim
+
+    def provenance(self) -> dict:
+        """What determines the descriptors' values (stored with every cache)."""
+        p = self.preprocess
+        return {
+            "net": self.spec.name, "arch": self.spec.arch, "dim": self.dim,
+            "weights": self.weights.source, "weights_file": str(self.weights.path or ""),
+            "preprocess": p.name, "channel_order": p.channel_order,
+            "mean": list(p.mean), "std": list(p.std), "value_range": p.value_range,
+            "flip": self.flip, "interpolation": INTERPOLATION, "pooling": "average of post-ReLU fc7 map",
+        }
+
+    # -- extraction -------------------------------------------------------------------------
+
+    def extract(self, images: Sequence) -> np.ndarray:
+        """Descriptors of `images` (paths, PIL images or HxWx3 uint8 arrays) at every scale.
+
+        Returns float32 (n_images, n_scales, dim), flip-averaged and not normalised.
+        Raises ImageError naming the first image that cannot be read.
+        """
+        images = list(images)
+        sizes = [read_size(item, i) for i, item in enumerate(images)]
+        out = np.empty((len(images), len(self.scales), self.dim), np.float32)
+        for batch in self.iter_batches(images, sizes):
+            if batch.failures:
+                raise ImageError(next(iter(batch.failures.values())))
+            out[batch.indices, self.scales.index(batch.scale)] = batch.descriptors
+        return out
+
+    def iter_batches(self, images: Sequence, sizes: Sequence, scales=None,
+                     skip=None) -> Iterator[Batch]:
+        """Yield one Batch per forward pass, scale by scale.
+
+        sizes: (h, w) per image from `read_size` (None: unreadable, left out).
+        skip: {scale: bool array}; a planned batch whose rows are all True is not run.
+        An image that fails to decode is reported in its Batch's `failures`, not raised.
+        """
+        scales = self.scales if scales is None else check_scales(scales, self.spec)
+        skip = skip or {}
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="featx-load")
+        try:
+            for q in scales:
+                batches = plan_batches(sizes, q, self.batch_size)
+                if q in skip:
+                    batches = [b for b in batches if not np.all(skip[q][b])]
+                total = sum(len(b) for b in batches)
+                with tqdm(total=total, desc=f"Net-{self.spec.name} Q={q}", unit="img",
+                          disable=not self.progress or total == 0, leave=False) as bar:
+                    for batch in self._run_scale(pool, images, q, batches):
+                        bar.update(len(batch.indices) + len(batch.failures))
+                        yield batch
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _run_scale(self, pool, images, q, batches) -> Iterator[Batch]:
+        def load(i):
+            try:
+                return load_resized(images[i], q, i)
+            except ImageError as e:
+                return e
+            except Exception as e:  # any decoder bug is this image's failure, not the run's
+                return ImageError(f"{name_of(images[i], i)}: cannot decode ({type(e).__name__}: {e})")
+
+        ahead = deque()
+        todo = iter(batches)
+
+        def submit():
+            idx = next(todo, None)
+            if idx is not None:
+                ahead.append((idx, [pool.submit(load, int(i)) for i in idx]))
+
+        for _ in range(2):  # decode two batches ahead of the net
+            submit()
+        while ahead:
+            idx, futures = ahead.popleft()
+            submit()
+            arrays, ok, failures = [], [], {}
+            for i, fut in zip(idx, futures):
+                res = fut.result()
+                if isinstance(res, ImageError):
+                    failures[int(i)] = str(res)
+                else:
+                    arrays.append(res)
+                    ok.append(int(i))
+            ok = np.asarray(ok, dtype=np.int64)
+            if not arrays:
+                yield Batch(q, ok, np.empty((0, self.dim), np.float32), failures)
+                continue
+            yield Batch(q, ok, self.forward(np.stack(arrays)), failures)
+
+    @torch.inference_mode()
+    def forward(self, pixels: np.ndarray) -> np.ndarray:
+        """(B, H, W, 3) uint8 RGB of one shape -> (B, dim) flip-averaged fc7 descriptors."""
+        x = torch.from_numpy(pixels)
+        if self.device.type == "cuda":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        else:
+            x = x.to(self.device)
+        x = self.preprocess(x.permute(0, 3, 1, 2), DTYPES[self.dtype])  # NHWC memory = channels-last
+        n = x.shape[0]
+        if self.flip:
+            x = torch.cat([x, x.flip(3)]).contiguous(memory_format=torch.channels_last)
+        pooled = self.model(x).float().mean(dim=(2, 3))
+        if self.flip:
+            pooled = (pooled[:n] + pooled[n:]) / 2
+        return pooled.cpu().numpy()

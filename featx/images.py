@@ -1,0 +1,158 @@
+"""Reading images the same way everywhere: upright, 8-bit RGB, rescaled so the short side is Q.
+
+Decisions, stated once:
+- EXIF orientation is applied (the image is rotated/flipped upright, as a viewer shows it)
+  before anything else; sizes and crop boxes refer to the upright image.
+- Grayscale, palette and CMYK become RGB; 16-bit images are scaled to 8 bits (v / 257);
+  transparency is composited over white.
+- Rescaling keeps the aspect ratio: short side = Q, long side = int(Q * long / short) (the
+  rule of torchvision's Resize), with PIL's bilinear filter, which is antialiased when
+  shrinking (PIL widens the filter support by the scale factor).
+- Images above FEATX_MAX_PIXELS pixels (default: PIL's 89,478,485) are refused as possible
+  decompression bombs.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageError
+
+INTERPOLATION = "PIL bilinear, antialiased (short side = Q, long side = int(Q*long/short))"
+
+
+@dataclass(frozen=True)
+class Crop:
+    """A region of an image file: box = (x1, y1, x2, y2), 0-based pixels, x2/y2 exclusive."""
+
+    path: str
+    box: tuple
+
+    def __str__(self):
+        return f"{self.path}[{','.join(str(v) for v in self.box)}]"
+
+
+def name_of(item, index: int | None = None) -> str:
+    if isinstance(item, (str, Path, Crop)):
+        return str(item)
+    return f"image #{index}" if index is not None else "image"
+
+
+def max_pixels() -> int:
+    return int(os.environ.get("FEATX_MAX_PIXELS", Image.MAX_IMAGE_PIXELS))
+
+
+def target_size(size: tuple[int, int], q: int) -> tuple[int, int]:
+    """(h, w) after rescaling the short side to q, aspect kept (torchvision's Resize rule)."""
+    h, w = size
+    if h <= w:
+        return q, int(q * w / h)
+    return int(q * h / w), q
+
+
+def _open(item, index=None) -> Image.Image:
+    """Open lazily (header only) with a uniform error for every way a file can be bad."""
+    name = name_of(item, index)
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, np.ndarray):
+        if item.dtype != np.uint8 or item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
+            raise ImageError(f"{name}: arrays must be HxW or HxWx3 uint8, got "
+                             f"{item.dtype} of shape {item.shape}")
+        return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
+    path = Path(item.path if isinstance(item, Crop) else item)
+    try:
+        if path.is_file() and path.stat().st_size == 0:
+            raise ImageError(f"{name}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: file not found") from None
+    except IsADirectoryError:
+        raise ImageError(f"{name}: is a directory, not an image") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image (unrecognised format)") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
+    except OSError as e:
+        raise ImageError(f"{name}: cannot open ({e})") from None
+    w, h = img.size
+    if w * h > max_pixels():
+        raise ImageError(f"{name}: {w}x{h} = {w * h:,} pixels exceeds the {max_pixels():,} pixel "
+                         "limit (decompression-bomb guard; raise FEATX_MAX_PIXELS to allow it)")
+    return img
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a broken EXIF block is not a broken image
+        orientation = 1
+    return (w, h) if orientation in (5, 6, 7, 8) else (h, w)
+
+
+def read_size(item, index: int | None = None) -> tuple[int, int]:
+    """(h, w) of the upright image (or crop) from its header, without decoding pixels."""
+    if isinstance(item, Crop):
+        _check_box(item, read_size(item.path, index), index)
+        x1, y1, x2, y2 = item.box
+        return y2 - y1, x2 - x1
+    return _upright_size(_open(item, index))
+
+
+def _check_box(crop: Crop, size, index):
+    h, w = size
+    x1, y1, x2, y2 = crop.box
+    if not (0 <= x1 < x2 <= w and 0 <= y1 < y2 <= h):
+        raise ImageError(f"{name_of(crop, index)}: box {crop.box} lies outside the "
+                         f"{w}x{h} image or is empty")
+
+
+def load_rgb(item, index: int | None = None) -> Image.Image:
+    """Decode fully into an upright 8-bit RGB PIL image."""
+    img = _open(item.path if isinstance(item, Crop) else item, index)
+    try:
+        img.load()
+        img = ImageOps.exif_transpose(img)
+        img = _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageError(f"{name_of(item, index)}: truncated or corrupt image data ({e})") from None
+    if isinstance(item, Crop):
+        _check_box(item, (img.height, img.width), index)
+        img = img.crop(item.box)
+    return img
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        if img.mode != "F":
+            a = a / 257.0  # 16-bit range onto 8-bit
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_resized(item, q: int, index: int | None = None) -> np.ndarray:
+    """Upright RGB image with its short side rescaled to q, as an (H, W, 3) uint8 array."""
+    img = load_rgb(item, index)
+    h, w = target_size((img.height, img.width), q)
+    if (h, w) != (img.height, img.width):
+        img = img.resize((w, h), Image.BILINEAR)
+    return np.asarray(img)

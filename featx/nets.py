@@ -1,0 +1,141 @@
+"""The frozen VGG nets, made fully convolutional for dense evaluation (SPEC.md sections 1-2).
+
+fc6 becomes a 7x7 convolution over pool5 and fc7 a 1x1 convolution, so one forward pass over a
+whole image of any size >= 224 px gives a map of fc7 activations; fc8 is kept only on request
+(classification sanity checks). The conv stack is torchvision's own `make_layers`, so the
+state_dict keys are torchvision's (`features.N.*`, `classifier.0/3/6.*`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torchvision.models.vgg import cfgs, make_layers
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Architecture of one VGG net: conv widths ('M' = 2x2 max-pool) and the fc widths."""
+
+    name: str  # short name used on the command line and in caches: "D", "E"
+    arch: str  # torchvision function / weight-file family: "vgg16", "vgg19"
+    layers: tuple
+    fc_dim: int = 4096
+    num_classes: int = 1000
+    fc6_window: int = 7  # pool5 cells seen by one fc6 output (224 px / 32)
+
+    @property
+    def pool5_channels(self) -> int:
+        return [v for v in self.layers if v != "M"][-1]
+
+    @property
+    def stride(self) -> int:
+        return 2 ** sum(v == "M" for v in self.layers)
+
+    @property
+    def min_side(self) -> int:
+        """Smallest image side that still gives one fc6 window (224 for VGG)."""
+        return self.stride * self.fc6_window
+
+
+NETS: dict[str, NetSpec] = {
+    "D": NetSpec("D", "vgg16", tuple(cfgs["D"])),
+    "E": NetSpec("E", "vgg19", tuple(cfgs["E"])),
+}
+
+
+def get_spec(net: str | NetSpec) -> NetSpec:
+    if isinstance(net, NetSpec):
+        return net
+    key = str(net).upper() if str(net).upper() in NETS else str(net)
+    if key not in NETS:
+        raise ValueError(f"unknown net {net!r}: choose one of {', '.join(NETS)} "
+                         "(D = VGG16, E = VGG19)")
+    return NETS[key]
+
+
+class DenseVGG(nn.Module):
+    """VGG whose classifier runs as convolutions: input (B,3,H,W) -> fc7 map (B,fc_dim,h,w).
+
+    For a 224x224 input the map is 1x1 and equals torchvision's `classifier[:5]` output.
+    """
+
+    def __init__(self, spec: NetSpec, with_fc8: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.features = make_layers(list(spec.layers))
+        self.fc6 = nn.Conv2d(spec.pool5_channels, spec.fc_dim, spec.fc6_window)
+        self.fc7 = nn.Conv2d(spec.fc_dim, spec.fc_dim, 1)
+        self.fc8 = nn.Conv2d(spec.fc_dim, spec.num_classes, 1) if with_fc8 else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = torch.relu_(self.fc6(x))
+        x = torch.relu_(self.fc7(x))
+        return self.fc8(x) if self.fc8 is not None else x
+
+    def load_torchvision_state_dict(self, state: dict, origin: str = "state_dict") -> None:
+        """Load torchvision-layout weights, reshaping the Linear layers into convolutions.
+
+        Every tensor's shape is checked first, so a wrong file fails with the tensor's name
+        instead of a reshape error deep inside torch.
+        """
+        spec = self.spec
+        n_in = spec.pool5_channels * spec.fc6_window ** 2
+        expected = {}
+        for name, p in self.features.state_dict().items():
+            expected[f"features.{name}"] = tuple(p.shape)
+        expected.update({
+            "classifier.0.weight": (spec.fc_dim, n_in), "classifier.0.bias": (spec.fc_dim,),
+            "classifier.3.weight": (spec.fc_dim, spec.fc_dim), "classifier.3.bias": (spec.fc_dim,),
+        })
+        if self.fc8 is not None:
+            expected.update({"classifier.6.weight": (spec.num_classes, spec.fc_dim),
+                             "classifier.6.bias": (spec.num_classes,)})
+        missing = [k for k in expected if k not in state]
+        if missing:
+            raise ValueError(f"{origin}: missing {len(missing)} tensor(s) for Net-{spec.name} "
+                             f"({spec.arch}): {', '.join(missing[:6])}"
+                             f"{' ...' if len(missing) > 6 else ''}")
+        for key, shape in expected.items():
+            got = tuple(state[key].shape)
+            if got != shape:
+                raise ValueError(f"{origin}: tensor {key} has shape {got}, expected {shape} "
+                                 f"for Net-{spec.name} ({spec.arch})")
+        with torch.no_grad():
+            self.features.load_state_dict(
+                {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+            w6 = state["classifier.0.weight"].reshape(
+                spec.fc_dim, spec.pool5_channels, spec.fc6_window, spec.fc6_window)
+            self.fc6.weight.copy_(w6)
+            self.fc6.bias.copy_(state["classifier.0.bias"])
+            self.fc7.weight.copy_(state["classifier.3.weight"][:, :, None, None])
+            self.fc7.bias.copy_(state["classifier.3.bias"])
+            if self.fc8 is not None:
+                self.fc8.weight.copy_(state["classifier.6.weight"][:, :, None, None])
+                self.fc8.bias.copy_(state["classifier.6.bias"])
+
+
+def random_state_dict(spec: NetSpec, seed: int = 0) -> dict:
+    """Deterministic random weights in torchvision layout, initialised as torchvision does.
+
+    For tests and benchmarks only: features are meaningless, but shapes and costs are real.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    model = make_layers(list(spec.layers))
+    for name, p in model.state_dict().items():
+        if name.endswith("weight"):
+            fan_out = p.shape[0] * p.shape[2] * p.shape[3]
+            state[f"features.{name}"] = torch.randn(p.shape, generator=gen) * (2.0 / fan_out) ** 0.5
+        else:
+            state[f"features.{name}"] = torch.zeros(p.shape)
+    n_in = spec.pool5_channels * spec.fc6_window ** 2
+    for idx, (n_out, n) in {0: (spec.fc_dim, n_in), 3: (spec.fc_dim, spec.fc_dim),
+                            6: (spec.num_classes, spec.fc_dim)}.items():
+        # Kaiming scale rather than torchvision's N(0, 0.01) keeps fc7 activations well above
+        # float rounding, so equivalence tests compare meaningful numbers.
+        state[f"classifier.{idx}.weight"] = torch.randn((n_out, n), generator=gen) * (2.0 / n) ** 0.5
+        state[f"classifier.{idx}.bias"] = torch.randn((n_out,), generator=gen) * 0.01
+    return state

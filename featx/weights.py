@@ -1,0 +1,270 @@
+"""Where Net-D / Net-E weights come from, and the preprocessing that belongs to each source.
+
+Preprocessing travels with the weights (as in timm / torchvision): a source fixes the channel
+order, value range, mean and std, so an image is always prepared the way its weights expect.
+
+Sources:
+  "torchvision"  torchvision's IMAGENET1K_V1 weights (RGB, [0,1], ImageNet mean/std).
+  "caffe"        the authors' Caffe release in its common PyTorch conversion
+                 (BGR, [0,255], mean B 103.939 G 116.779 R 123.68 subtracted, no std).
+  FILE.pth/.pt   a torchvision-layout state_dict; its preprocessing must be named.
+  FILE.h5        a Keras weight file (vgg16/vgg19_weights_tf_dim_ordering_tf_kernels.h5),
+                 converted at load time; Caffe preprocessing (that is how Keras ported them).
+  "random"       deterministic random weights ("random:SEED"), for tests and benchmarks.
+Downloaded files live in torch's hub cache ($TORCH_HOME/hub/checkpoints) and are read from
+there without network afterwards.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import urllib.error
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+
+from .errors import WeightsError
+from .nets import NetSpec, random_state_dict
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How uint8 RGB pixels become the net's input: reorder, rescale, subtract mean, divide std.
+
+    `mean` and `std` are given in the net's channel order and value range.
+    """
+
+    name: str
+    channel_order: str  # "RGB" or "BGR"
+    value_range: float  # 1.0: inputs in [0, 1]; 255.0: inputs in [0, 255]
+    mean: tuple
+    std: tuple = (1.0, 1.0, 1.0)
+
+    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """(B, 3, H, W) uint8 RGB -> normalised float input, channels-last."""
+        x = x.float()
+        if self.channel_order == "BGR":
+            x = x.flip(1)
+        scale = torch.tensor([self.value_range / 255.0 / s for s in self.std], device=x.device)
+        shift = torch.tensor([-m / s for m, s in zip(self.mean, self.std)], device=x.device)
+        x = torch.addcmul(shift.view(1, 3, 1, 1), x, scale.view(1, 3, 1, 1))
+        return x.to(dtype).contiguous(memory_format=torch.channels_last)
+
+
+TORCHVISION = Preprocess("torchvision", "RGB", 1.0, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CAFFE = Preprocess("caffe", "BGR", 255.0, (103.939, 116.779, 123.68))
+PREPROCESS = {p.name: p for p in (TORCHVISION, CAFFE)}
+
+# torchvision's own URLs (the same as VGG16_Weights.IMAGENET1K_V1.url); file names carry a
+# sha256 prefix that torch.hub verifies on download.
+TORCHVISION_URLS = {
+    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
+    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
+}
+# The authors' Caffe models converted to torchvision layout by J. Johnson (pytorch-vgg).
+CAFFE_URLS = {
+    "vgg16": "https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
+    "vgg19": "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
+}
+KERAS_FILES = {
+    "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
+    "vgg19": "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
+}
+
+
+@dataclass
+class Weights:
+    """A loaded state_dict (torchvision layout) and everything needed to use it right."""
+
+    state_dict: dict = field(repr=False)
+    preprocess: Preprocess
+    source: str  # "torchvision", "caffe", "file", "random"
+    path: Path | None = None
+
+    @property
+    def tag(self) -> str:
+        """Short name for file names: the source, or the file's stem."""
+        if self.source == "file":
+            return self.path.stem
+        return self.source
+
+    def checksum(self) -> str:
+        """sha256 of the weight file (or the random seed), recorded as cache provenance."""
+        if self.path is None:
+            return self.source
+        return file_sha256(self.path)
+
+
+def file_sha256(path: Path, block: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hub_path(url: str) -> Path:
+    """Where torch.hub keeps (or will keep) the file behind `url`."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = None,
+                 progress: bool = True) -> Weights:
+    """Resolve a weight source for `spec` into a state_dict and its preprocessing."""
+    chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
+    if preprocess is not None and chosen is None:
+        raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision'")
+    if isinstance(weights, str) and weights in ("torchvision", "caffe"):
+        fixed = PREPROCESS[weights]
+        if chosen is not None and chosen != fixed:
+            raise WeightsError(f"{weights} weights are trained with {weights} preprocessing; "
+                               f"preprocess={preprocess!r} would feed them wrongly prepared images")
+        urls = TORCHVISION_URLS if weights == "torchvision" else CAFFE_URLS
+        if spec.arch not in urls:
+            raise WeightsError(f"no {weights} weights are published for {spec.arch}")
+        # torchvision's files carry a sha256 prefix in their name; the Caffe conversions' names
+        # follow another convention, so only the former are hash-checked on download.
+        path = _fetch(urls[spec.arch], check_hash=weights == "torchvision", progress=progress)
+        return Weights(_load_pth(path), fixed, weights, path)
+    if isinstance(weights, str) and weights.startswith("random"):
+        seed = int(weights.partition(":")[2] or 0)
+        return Weights(random_state_dict(spec, seed), chosen or TORCHVISION, f"random:{seed}")
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsError(f"weights file {path} does not exist (weights= takes 'torchvision', "
+                           "'caffe', 'random' or a .pth/.h5 file)")
+    if path.suffix.lower() in (".h5", ".hdf5"):
+        return Weights(convert_keras_h5(path, spec), chosen or CAFFE, "file", path)
+    if chosen is None:
+        raise WeightsError(f"{path}: a bare state_dict does not say how images must be prepared; "
+                           "pass preprocess='caffe' (BGR, 0..255, mean-subtracted) or "
+                           "'torchvision' (RGB, 0..1, ImageNet mean/std)")
+    return Weights(_load_pth(path), chosen, "file", path)
+
+
+def _fetch(url: str, check_hash: bool, progress: bool) -> Path:
+    path = hub_path(url)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path) if check_hash
+                                       else None, progress=progress)
+    except (urllib.error.URLError, OSError, RuntimeError) as e:
+        raise WeightsError(
+            f"cannot download {url} ({_reason(e)}) and no cached copy exists at {path}. "
+            f"Copy the file there, set TORCH_HOME to where it is, or pass weights=FILE.") from None
+    return path
+
+
+def _hash_prefix(path: Path) -> str | None:
+    stem = path.stem
+    return stem.rsplit("-", 1)[1] if "-" in stem else None
+
+
+def _reason(e: Exception) -> str:
+    return str(getattr(e, "reason", None) or e).strip() or type(e).__name__
+
+
+def _load_pth(path: Path) -> dict:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad or unsafe file
+        raise WeightsError(f"cannot read weights {path}: {_reason(e)}") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsError(f"{path} is not a state_dict (a dict of tensor names to tensors)")
+    return state
+
+
+def keras_layer_names(spec: NetSpec) -> list[str]:
+    """Keras' names for the conv layers: block1_conv1, block1_conv2, block2_conv1, ..."""
+    names, block, conv = [], 1, 0
+    for v in spec.layers:
+        if v == "M":
+            block, conv = block + 1, 0
+        else:
+            conv += 1
+            names.append(f"block{block}_conv{conv}")
+    return names
+
+
+def convert_keras_h5(path: Path, spec: NetSpec, with_fc8: bool = True) -> dict:
+    """Read a Keras VGG weight file into a torchvision-layout state_dict.
+
+    Keras stores conv kernels as (kh, kw, in, out) and dense kernels as (in, out); its
+    Flatten runs over pool5 in (h, w, c) order where torch's runs in (c, h, w) order, so
+    fc6's input rows are permuted: torch[o, c*49 + h*7 + w] = keras[(h*7 + w)*C + c, o].
+    """
+    import h5py
+
+    def tensors(root, layer):
+        if layer not in root:
+            return None
+        group = root[layer]
+        names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("weight_names", [])]
+        if names:
+            arrays = [np.asarray(group[n]) for n in names]
+        else:
+            arrays = []
+            group.visititems(lambda _, obj: arrays.append(np.asarray(obj))
+                             if isinstance(obj, h5py.Dataset) else None)
+        kernel = [a for a in arrays if a.ndim >= 2]
+        bias = [a for a in arrays if a.ndim == 1]
+        if len(kernel) != 1 or len(bias) != 1:
+            raise WeightsError(f"{path}: layer {layer} should hold one kernel and one bias, "
+                               f"found shapes {[a.shape for a in arrays]}")
+        return kernel[0].astype(np.float32), bias[0].astype(np.float32)
+
+    def check(layer, what, got, want):
+        if tuple(got) != tuple(want):
+            raise WeightsError(f"{path}: {layer} {what} has shape {tuple(got)}, expected "
+                               f"{tuple(want)} (Keras layout) for Net-{spec.name} ({spec.arch})")
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise WeightsError(f"cannot read {path} as HDF5: {e}") from None
+    state, c_in = {}, 3
+    with f:
+        root = f["model_weights"] if "model_weights" in f else f
+        convs = [i for i, v in enumerate(spec.layers) if v != "M"]
+        # torchvision's make_layers interleaves ReLU (and 'M' pools): conv k sits at index
+        # position-in-layers + number of convs before it.
+        for k, (layer, pos) in enumerate(zip(keras_layer_names(spec), convs)):
+            c_out = spec.layers[pos]
+            found = tensors(root, layer)
+            if found is None:
+                raise WeightsError(f"{path}: no layer {layer}; is this a VGG "
+                                   f"{spec.arch} Keras weight file ({KERAS_FILES.get(spec.arch)})?")
+            w, b = found
+            check(layer, "kernel", w.shape, (3, 3, c_in, c_out))
+            check(layer, "bias", b.shape, (c_out,))
+            idx = pos + k
+            state[f"features.{idx}.weight"] = torch.from_numpy(w.transpose(3, 2, 0, 1).copy())
+            state[f"features.{idx}.bias"] = torch.from_numpy(b)
+            c_in = c_out
+        win = spec.fc6_window
+        dense = [("fc1", 0, (win * win * c_in, spec.fc_dim)), ("fc2", 3, (spec.fc_dim, spec.fc_dim))]
+        if with_fc8 and "predictions" in root:
+            dense.append(("predictions", 6, (spec.fc_dim, spec.num_classes)))
+        for layer, idx, shape in dense:
+            found = tensors(root, layer)
+            if found is None:
+                raise WeightsError(f"{path}: no layer {layer}; featx needs the fully connected "
+                                   f"layers, so a '_notop' file will not do "
+                                   f"(use {KERAS_FILES.get(spec.arch, 'the full file')})")
+            w, b = found
+            check(layer, "kernel", w.shape, shape)
+            check(layer, "bias", b.shape, shape[1:])
+            if layer == "fc1":
+                w = w.reshape(win, win, c_in, -1).transpose(3, 2, 0, 1).reshape(spec.fc_dim, -1)
+            else:
+                w = w.T
+            state[f"classifier.{idx}.weight"] = torch.from_numpy(np.ascontiguousarray(w))
+            state[f"classifier.{idx}.bias"] = torch.from_numpy(b)
+    return state

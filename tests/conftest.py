@@ -1,0 +1,57 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx.nets import NETS, NetSpec
+
+# Same geometry as VGG (5 pools, 7x7 fc6 window: 224 px minimum), but a few channels wide,
+# so a forward pass costs microseconds and tests stay fast.
+TINY = NetSpec("T", "tiny", (4, "M", 8, "M", 8, 8, "M", 8, "M", 8, "M"), fc_dim=16, num_classes=10)
+
+
+@pytest.fixture(autouse=True)
+def tiny_net(monkeypatch):
+    monkeypatch.setitem(NETS, "T", TINY)
+    return TINY
+
+
+@pytest.fixture(autouse=True)
+def _offline_torch_home(tmp_path_factory, monkeypatch):
+    # No test may touch the user's hub cache.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+
+
+def make_image(path, size=(300, 240), seed=0, mode="RGB", fmt=None):
+    """A deterministic noisy image of size (w, h), saved to path."""
+    rng = np.random.default_rng(seed)
+    w, h = size
+    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    img = Image.fromarray(a)
+    if mode != "RGB":
+        img = img.convert(mode)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format=fmt)
+    return path
+
+
+@pytest.fixture
+def images(tmp_path):
+    """Six JPEG/PNG files of two shapes (like VOC's landscape and portrait)."""
+    paths = []
+    for i in range(6):
+        size = (300, 225) if i % 2 == 0 else (225, 300)
+        paths.append(make_image(tmp_path / "img" / f"im{i}.png", size, seed=i))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def real_weights_e():
+    path = os.environ.get("FEATX_TEST_WEIGHTS_E")
+    if not path or not Path(path).is_file():
+        pytest.skip("real Net-E weights not available (set FEATX_TEST_WEIGHTS_E to the file "
+                    "written by ../shared/weights/unpack.py)")
+    return Path(path)

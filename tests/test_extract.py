@@ -1,0 +1,83 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx import Extractor, ImageError, aggregate, fuse, l2_normalize
+from featx.extract import plan_batches
+
+
+def tiny(**kw):
+    kw.setdefault("scales", (224, 256))
+    return Extractor("T", weights="random:0", device="cpu", **kw)
+
+
+def test_shape_and_inputs_of_every_kind(images):
+    ex = tiny()
+    from_paths = ex.extract(images)
+    assert from_paths.shape == (6, 2, 16) and from_paths.dtype == np.float32
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images]
+    pils = [Image.open(p) for p in images]
+    assert np.array_equal(ex.extract(arrays), from_paths)
+    assert np.array_equal(ex.extract(pils), from_paths)
+    assert (from_paths >= 0).all() and (from_paths > 0).mean() > 0.3  # post-ReLU averages
+
+
+def test_flip_is_the_mean_of_image_and_mirror(images):
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in images[:3]]
+    mirrored = [a[:, ::-1].copy() for a in arrays]
+    plain = tiny(flip=False)
+    both = tiny(flip=True).extract(arrays)
+    assert np.allclose(both, (plain.extract(arrays) + plain.extract(mirrored)) / 2, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(both, plain.extract(arrays), rtol=1e-3)
+
+
+def test_scales_are_computed_independently_and_in_order(images):
+    both = tiny(scales=(224, 256)).extract(images)
+    assert np.allclose(both[:, 1], tiny(scales=(256,)).extract(images)[:, 0], rtol=1e-5, atol=1e-7)
+    assert np.allclose(tiny(scales=(256, 224)).extract(images)[:, 0], both[:, 1], rtol=1e-5, atol=1e-7)
+
+
+def test_batch_size_does_not_change_results(images):
+    a = tiny(batch_size=1).extract(images)
+    b = tiny(batch_size=4).extract(images)
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_upsampling_small_images_and_non_square(tmp_path):
+    small = np.random.default_rng(0).integers(0, 256, (100, 150, 3), dtype=np.uint8)
+    tall = np.random.default_rng(1).integers(0, 256, (700, 300, 3), dtype=np.uint8)
+    out = tiny(scales=(224, 512)).extract([small, tall])
+    assert out.shape == (2, 2, 16) and np.isfinite(out).all()
+
+
+def test_scale_below_224_is_refused():
+    with pytest.raises(ValueError, match="Q=200 is too small.*at least 224 px"):
+        tiny(scales=(200, 256))
+    with pytest.raises(ValueError, match="repeat"):
+        tiny(scales=(256, 256))
+
+
+def test_bad_image_is_named(images, tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_text("no")
+    with pytest.raises(ImageError, match="broken.jpg: not an image"):
+        tiny().extract([images[0], bad])
+
+
+def test_plan_groups_by_shape_and_cuts_batches():
+    sizes = [(375, 500), (500, 375), (375, 500), None, (375, 500), (333, 500)]
+    batches = plan_batches(sizes, 256, batch_size=2)
+    # shapes at Q=256: (256,341) x3 [0,2,4], (341,256) [1], (256,384) [5]; None left out
+    assert [b.tolist() for b in batches] == [[0, 2], [4], [5], [1]]
+
+
+def test_aggregations_exact():
+    per_scale = np.array([[[1., 2.], [3., 6.], [2., -1.]]], np.float32)  # 1 image, 3 scales, d=2
+    assert np.array_equal(aggregate(per_scale, "mean"), np.array([[2., 7 / 3]], np.float32))
+    assert np.array_equal(aggregate(per_scale, "max"), [[3., 6.]])
+    assert np.array_equal(aggregate(per_scale, "stack"), [[1., 2., 3., 6., 2., -1.]])
+    with pytest.raises(ValueError, match="unknown aggregation 'sum'"):
+        aggregate(per_scale, "sum")
+    assert np.array_equal(fuse(np.ones((2, 2)), np.zeros((2, 3))), [[1, 1, 0, 0, 0]] * 2)
+    x = l2_normalize(np.array([[3., 4.], [0., 0.]]))
+    assert np.array_equal(x, np.array([[0.6, 0.8], [0., 0.]], np.float32))
