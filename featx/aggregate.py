@@ -1,6 +1,8 @@
 """Combining descriptors: across scales (mean / stack / max), across nets (stack), L2 norm."""
 from __future__ import annotations
 
+from .errors import ConfigError
+
 import numpy as np
 
 AGGREGATIONS = ("mean", "stack", "max")
@@ -10,14 +12,14 @@ def aggregate(per_scale: np.ndarray, how: str = "mean") -> np.ndarray:
     """(n, n_scales, d) -> (n, d) for mean / max, (n, n_scales * d) scale-major for stack."""
     per_scale = np.asarray(per_scale)
     if per_scale.ndim != 3:
-        raise ValueError(f"expected (n_images, n_scales, dim), got shape {per_scale.shape}")
+        raise ConfigError(f"expected (n_images, n_scales, dim), got shape {per_scale.shape}")
     if how == "mean":
         return per_scale.mean(axis=1, dtype=np.float64).astype(per_scale.dtype)
     if how == "max":
         return per_scale.max(axis=1)
     if how == "stack":
         return per_scale.reshape(per_scale.shape[0], -1)
-    raise ValueError(f"unknown aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+    raise ConfigError(f"unknown aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
 
 
 def fuse(*descriptors: np.ndarray) -> np.ndarray:

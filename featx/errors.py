@@ -19,3 +19,7 @@ class CacheError(FeatxError):
 
 class DatasetError(FeatxError):
     """A dataset is missing or malformed; the message names the file (and line)."""
+
+
+class ConfigError(FeatxError, ValueError):
+    """An argument has a value featx cannot use (also a ValueError for Python callers)."""

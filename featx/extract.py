@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ImageError
+from .errors import ConfigError, ImageError
 from .images import INTERPOLATION, load_resized, name_of, read_size, target_size
 from .nets import DenseVGG, NetSpec, get_spec
 from .weights import load_weights
@@ -44,12 +44,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 def check_scales(scales: Iterable[int], spec: NetSpec) -> tuple[int, ...]:
     scales = tuple(int(q) for q in scales)
     if not scales:
-        raise ValueError("at least one scale Q is needed")
+        raise ConfigError("at least one scale Q is needed")
     if len(set(scales)) != len(scales):
-        raise ValueError(f"scales {scales} repeat a value")
+        raise ConfigError(f"scales {scales} repeat a value")
     small = [q for q in scales if q < spec.min_side]
     if small:
-        raise ValueError(f"scale Q={small[0]} is too small: the 7x7 fc6 window needs images whose "
+        raise ConfigError(f"scale Q={small[0]} is too small: the 7x7 fc6 window needs images whose "
                          f"short side is at least {spec.min_side} px (use Q >= {spec.min_side})")
     return scales
 
@@ -100,12 +100,12 @@ class Extractor:
         self.scales = check_scales(scales, self.spec)
         self.flip = bool(flip)
         if dtype not in DTYPES:
-            raise ValueError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+            raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
         self.dtype = dtype
         self.device = resolve_device(device)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
+            raise ConfigError("batch_size must be at least 1")
         self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
         self.progress = progress
         loaded = load_weights(self.spec, weights, preprocess, progress=progress)
@@ -157,7 +157,9 @@ class Extractor:
         """Yield one Batch per forward pass, scale by scale.
 
         sizes: (h, w) per image from `read_size` (None: unreadable, left out).
-        skip: {scale: bool array}; a planned batch whose rows are all True is not run.
+        skip: {scale: bool array}: rows not to compute (done or known bad). They are taken out
+            of the planned batches, so a resumed run runs the same batches as before minus the
+            ones it committed. Leave an image out of the plan altogether with size None.
         An image that fails to decode is reported in its Batch's `failures`, not raised.
         """
         scales = self.scales if scales is None else check_scales(scales, self.spec)
@@ -167,7 +169,8 @@ class Extractor:
             for q in scales:
                 batches = plan_batches(sizes, q, self.batch_size)
                 if q in skip:
-                    batches = [b for b in batches if not np.all(skip[q][b])]
+                    batches = [b[~skip[q][b]] for b in batches]
+                    batches = [b for b in batches if len(b)]
                 total = sum(len(b) for b in batches)
                 with tqdm(total=total, desc=f"Net-{self.spec.name} Q={q}", unit="img",
                           disable=not self.progress or total == 0, leave=False) as bar:

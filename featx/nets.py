@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
+from .errors import ConfigError, WeightsError
+
 
 @dataclass(frozen=True)
 class NetSpec:
@@ -50,7 +52,7 @@ def get_spec(net: str | NetSpec) -> NetSpec:
         return net
     key = str(net).upper() if str(net).upper() in NETS else str(net)
     if key not in NETS:
-        raise ValueError(f"unknown net {net!r}: choose one of {', '.join(NETS)} "
+        raise ConfigError(f"unknown net {net!r}: choose one of {', '.join(NETS)} "
                          "(D = VGG16, E = VGG19)")
     return NETS[key]
 
@@ -95,13 +97,13 @@ class DenseVGG(nn.Module):
                              "classifier.6.bias": (spec.num_classes,)})
         missing = [k for k in expected if k not in state]
         if missing:
-            raise ValueError(f"{origin}: missing {len(missing)} tensor(s) for Net-{spec.name} "
+            raise WeightsError(f"{origin}: missing {len(missing)} tensor(s) for Net-{spec.name} "
                              f"({spec.arch}): {', '.join(missing[:6])}"
                              f"{' ...' if len(missing) > 6 else ''}")
         for key, shape in expected.items():
             got = tuple(state[key].shape)
             if got != shape:
-                raise ValueError(f"{origin}: tensor {key} has shape {got}, expected {shape} "
+                raise WeightsError(f"{origin}: tensor {key} has shape {got}, expected {shape} "
                                  f"for Net-{spec.name} ({spec.arch})")
         with torch.no_grad():
             self.features.load_state_dict(

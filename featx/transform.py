@@ -8,6 +8,8 @@ would otherwise extract the same images for every candidate.
 """
 from __future__ import annotations
 
+from .errors import ConfigError
+
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .aggregate import AGGREGATIONS, aggregate, fuse, l2_normalize
@@ -40,9 +42,9 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         if self.aggregate not in AGGREGATIONS:
-            raise ValueError(f"aggregate={self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
+            raise ConfigError(f"aggregate={self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
         if not self.nets:
-            raise ValueError("nets must name at least one net")
+            raise ConfigError("nets must name at least one net")
         return self
 
     def transform(self, X):

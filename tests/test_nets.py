@@ -3,7 +3,7 @@ import pytest
 import torch
 import torchvision
 
-from featx import Extractor
+from featx import Extractor, WeightsError
 from featx.nets import NETS, DenseVGG, random_state_dict
 
 
@@ -65,10 +65,10 @@ def test_larger_input_gives_larger_map_whose_cells_are_windowed_classifiers():
 def test_wrong_tensor_shape_is_named(tiny_net):
     state = random_state_dict(tiny_net)
     state["features.3.weight"] = torch.zeros(8, 5, 3, 3)
-    with pytest.raises(ValueError, match=r"features\.3\.weight has shape \(8, 5, 3, 3\), expected \(8, 4, 3, 3\)"):
+    with pytest.raises(WeightsError, match=r"features\.3\.weight has shape \(8, 5, 3, 3\), expected \(8, 4, 3, 3\)"):
         DenseVGG(tiny_net).load_torchvision_state_dict(state, origin="my.pth")
     del state["classifier.3.bias"]
-    with pytest.raises(ValueError, match=r"my.pth: missing 1 tensor\(s\).*classifier\.3\.bias"):
+    with pytest.raises(WeightsError, match=r"my.pth: missing 1 tensor\(s\).*classifier\.3\.bias"):
         DenseVGG(tiny_net).load_torchvision_state_dict(state, origin="my.pth")
 
 

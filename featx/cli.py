@@ -1,0 +1,231 @@
+"""The `featx` command: a thin shell over the library (extract, info, ...)."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .errors import ConfigError, FeatxError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+class FeatxGroup(click.Group):
+    """Prints featx errors as one line (no traceback) and exits 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except FeatxError as e:
+            raise click.ClickException(str(e)) from None
+
+
+@click.group(cls=FeatxGroup, context_settings={"help_option_names": ["-h", "--help"],
+                                               "max_content_width": 100})
+@click.version_option(package_name="featx")
+def main():
+    """Frozen VGG descriptors and linear SVMs (Simonyan & Zisserman 2015, Appendix B).
+
+    \b
+    Typical session:
+      featx extract --images photos/ --net E --scales 256:512 --out photos-E.h5
+      featx info photos-E.h5
+    """
+
+
+# -- option parsing -----------------------------------------------------------------------------
+
+def parse_scales(text: str) -> tuple[int, ...]:
+    """'256:768' -> 256..768 step 128; '256:768:64' sets the step; '256,384' is a list."""
+    try:
+        if ":" in text:
+            parts = [int(p) for p in text.split(":")]
+            if len(parts) not in (2, 3):
+                raise ValueError
+            lo, hi, step = parts[0], parts[1], parts[2] if len(parts) == 3 else 128
+            if step <= 0 or hi < lo:
+                raise ValueError
+            return tuple(range(lo, hi + 1, step))
+        return tuple(int(p) for p in text.split(",") if p.strip())
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: write LO:HI (step 128), LO:HI:STEP, or Q1,Q2,... "
+                                 "e.g. 256:768 or 256,384,512") from None
+
+
+def parse_nets(text: str) -> list[str]:
+    from .nets import get_spec
+    try:
+        return [get_spec(n.strip()).name for n in text.split(",") if n.strip()]
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def parse_per_net(text: str | None, nets: list[str]) -> dict:
+    """'torchvision' for every net, or 'D=vgg16.pth,E=vgg19.h5'."""
+    if text is None or "=" not in text:
+        return {n: text for n in nets}
+    out = {}
+    for part in text.split(","):
+        net, _, value = part.partition("=")
+        out[net.strip().upper()] = value.strip()
+    absent = [n for n in nets if n not in out]
+    if absent:
+        raise click.BadParameter(f"no value given for Net-{absent[0]} in {text!r}")
+    return out
+
+
+def read_image_list(source: Path) -> tuple[list, list[str], str]:
+    """A folder (recursively, image extensions) or a text file with one path per line."""
+    if source.is_dir():
+        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not paths:
+            raise ConfigError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return [str(p) for p in paths], [p.relative_to(source).as_posix() for p in paths], source.name
+    if source.is_file():
+        items, ids = [], []
+        for line in source.read_text().splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line).expanduser()
+                items.append(str(p if p.is_absolute() else source.parent / p))
+                ids.append(line)
+        if not items:
+            raise ConfigError(f"{source}: the list names no images")
+        return items, ids, source.stem
+    raise ConfigError(f"{source}: no such folder or list file")
+
+
+def resolve_cache_dir(option: str | None, root: Path | None = None) -> Path:
+    if option:
+        return Path(option)
+    if os.environ.get("FEATX_CACHE_DIR"):
+        return Path(os.environ["FEATX_CACHE_DIR"])
+    return (root if root is not None else Path(".")) / "featx-cache"
+
+
+# -- featx extract ------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--images", "images", type=click.Path(path_type=Path),
+              help="A folder of images (searched recursively) or a text file, one path per line.")
+@click.option("--dataset", help="A benchmark dataset: voc2007, voc2012, voc2012-action, caltech101, caltech256.")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+@click.option("--split", help="Dataset splits to compute, comma-separated (default: all images).")
+@click.option("--net", "nets", default="D", show_default=True, help="D (VGG16), E (VGG19) or D,E.")
+@click.option("--scales", default="256:512", show_default=True,
+              help="Short sides Q: 256:768 = 256..768 step 128; 256:768:64; or 256,384,512.")
+@click.option("--weights", help="torchvision (default), caffe, a .pth / Keras .h5 file; per net: D=a.pth,E=b.h5.")
+@click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]),
+              help="Input convention of a bare .pth file (named sources carry their own).")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Cache file (FILE.h5, one net) or folder (one <net>-<weights>.h5 per net).")
+@click.option("--cache-dir", help="Where dataset caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
+@click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+              show_default=True, help="Compute type; half types are meant for GPUs.")
+@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")
+@click.option("--workers", type=int, help="Threads decoding images ahead of the net [min(4, cores)].")
+@click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable image (default: record it, go on).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def extract(images, dataset, root, split, nets, scales, weights, preprocess, out, cache_dir, device,
+            dtype, batch_size, workers, no_flip, strict, quiet):
+    """Compute dense VGG descriptors into an HDF5 cache (resumable).
+
+    Each image is rescaled so its short side is Q, run densely through the net, the fc7 map
+    is average-pooled and averaged with the mirrored image's. Results go to one HDF5 file
+    per (image set, net, weights); what a file already holds is never computed again, an
+    interrupted run (even kill -9) resumes where it stopped, and unreadable images are
+    recorded and skipped.
+
+    \b
+    Examples:
+      featx extract --images photos/ --net E --weights vgg19.pth --preprocess caffe --out e.h5
+      featx extract --dataset voc2007 --net D,E --scales 256:768 --split trainval,test
+    """
+    from .cache import extract_to_cache
+    from .extract import Extractor
+
+    nets = parse_nets(nets)
+    scales = parse_scales(scales)
+    weights = parse_per_net(weights or "torchvision", nets)
+    preprocess = parse_per_net(preprocess, nets)
+    if bool(images) == bool(dataset):
+        raise click.UsageError("give either --images or --dataset")
+    rows = None
+    if images:
+        items, ids, name = read_image_list(images)
+        if split:
+            raise click.UsageError("--split applies to --dataset only")
+        if out is None:
+            out = resolve_cache_dir(cache_dir, None) / name
+    else:
+        from .datasets import data_root, load_dataset
+        data = load_dataset(dataset, data_root(root))
+        items, ids, name = data.items, data.ids, data.name
+        if split:
+            rows = data.rows_of(split.split(","))
+        out = out or resolve_cache_dir(cache_dir, data_root(root)) / data.name
+    single_file = out.suffix.lower() in (".h5", ".hdf5")
+    if single_file and len(nets) > 1:
+        raise click.UsageError(f"--out {out} is one file but {len(nets)} nets were asked for; "
+                               "give a folder (one file per net) or one net")
+    progress = not quiet
+    summaries = []
+    for net in nets:
+        ex = Extractor(net, scales=scales, flip=not no_flip, weights=weights[net],
+                       preprocess=preprocess[net], device=device, dtype=dtype,
+                       batch_size=batch_size, workers=workers, progress=progress)
+        path = out if single_file else out / f"{net}-{ex.weights.tag.replace(':', '-')}.h5"
+        if progress:
+            click.echo(f"Net-{net} ({ex.weights.source} weights, {ex.preprocess.name} preprocessing) "
+                       f"on {ex.device}, Q = {', '.join(map(str, scales))} -> {path}", err=True)
+        summaries.append(extract_to_cache(ex, items, ids, path, name=name, rows=rows,
+                                          strict=strict, progress=progress))
+    for s in summaries:
+        click.echo(str(s))
+        for i, reason in list(s.failures.items())[:10]:
+            click.echo(f"  failed: {reason}")
+        if len(s.failures) > 10:
+            click.echo(f"  ... and {len(s.failures) - 10} more (featx info {s.path} --failures)")
+
+
+# -- featx info ---------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--failures", is_flag=True, help="List every image that failed, with the reason.")
+def info(paths, failures):
+    """Show what descriptor caches hold: nets, weights, scales, done / failed counts.
+
+    PATHS are cache files or folders (searched for *.h5).
+    """
+    from .cache import DescriptorCache
+
+    files = []
+    for p in paths:
+        files += sorted(p.rglob("*.h5")) if p.is_dir() else [p]
+    if not files:
+        raise ConfigError(f"no .h5 files under {', '.join(map(str, paths))}")
+    for path in files:
+        c = DescriptorCache(path)
+        a = c.attrs
+        sha = str(a.get("weights_sha256", ""))
+        click.echo(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
+        click.echo(f"  image set   {a.get('image_set')!s}: {len(c)} images")
+        click.echo(f"  net         Net-{a['net']} ({a['arch']}), {a['dim']}-D fc7, {a.get('dtype')}")
+        click.echo(f"  weights     {a['weights']} {a.get('weights_file') or ''} sha256 {sha[:12]}")
+        click.echo(f"  preprocess  {a['preprocess']} ({a['channel_order']}, mean {a['mean']}, std {a['std']})")
+        click.echo(f"  flip        {bool(a['flip'])}; resize {a['interpolation']}")
+        click.echo(f"  made by     featx {a.get('featx_version')}, torch {a.get('torch_version')}, {a.get('created')}")
+        for q, n in c.counts().items():
+            click.echo(f"  Q={q:<5} done {n['done']:>7}  failed {n['failed']:>5}  to do {n['todo']:>7}")
+        errs = c.errors()
+        if failures:
+            for id_, reason in errs.items():
+                click.echo(f"  failed {id_}: {reason}")
+        elif errs:
+            click.echo(f"  {len(errs)} image(s) failed (--failures lists them)")

@@ -1,0 +1,95 @@
+import socket
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from featx.cache import DescriptorCache
+from featx.cli import main, parse_scales
+
+from conftest import make_image
+
+
+@pytest.mark.parametrize("text,want", [
+    ("256:768", (256, 384, 512, 640, 768)),
+    ("256:768:64", (256, 320, 384, 448, 512, 576, 640, 704, 768)),
+    ("256,384,512", (256, 384, 512)),
+    ("384", (384,)),
+])
+def test_scale_syntax(text, want):
+    assert parse_scales(text) == want
+
+
+@pytest.mark.parametrize("text", ["256:", "a,b", "768:256", "256:768:0", "1:2:3:4"])
+def test_bad_scale_syntax(text):
+    with pytest.raises(click.BadParameter, match="write LO:HI"):
+        parse_scales(text)
+
+
+@pytest.fixture
+def photos(tmp_path):
+    for i in range(5):
+        make_image(tmp_path / "photos" / ("sub" if i > 2 else "") / f"p{i}.jpg",
+                   (300, 225) if i % 2 else (225, 300), seed=i, fmt="JPEG")
+    (tmp_path / "photos" / "broken.jpg").write_text("no")
+    return tmp_path / "photos"
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_extract_images_then_info(tmp_path, photos):
+    out = tmp_path / "p.h5"
+    r = run("extract", "--images", photos, "--net", "T", "--weights", "random", "--scales", "224,256",
+            "--out", out, "-q")
+    assert r.exit_code == 0, r.output
+    assert "computed 10, reused 0, failed 2" in r.output and "broken.jpg: not an image" in r.output
+    c = DescriptorCache(out)
+    assert c.ids == ["broken.jpg", "p0.jpg", "p1.jpg", "p2.jpg", "sub/p3.jpg", "sub/p4.jpg"]
+    assert c.load(rows=[1, 2, 3, 4, 5]).shape == (5, 2, 16)
+    r = run("extract", "--images", photos, "--net", "T", "--weights", "random", "--scales", "224,256",
+            "--out", out, "-q")
+    assert "computed 0, reused 10, failed 2" in r.output
+    r = run("info", out, "--failures")
+    assert r.exit_code == 0
+    for line in ["image set   photos: 6 images", "Net-T (tiny), 16-D fc7, float32",
+                 "Q=224   done       5  failed     1  to do       0", "failed broken.jpg: "]:
+        assert line in r.output, r.output
+    r = run("info", tmp_path)  # a folder lists every cache in it
+    assert str(out) in r.output
+
+
+def test_list_file_and_out_folder_per_net(tmp_path, photos):
+    lst = tmp_path / "list.txt"
+    lst.write_text("# my images\nphotos/p0.jpg\n\nphotos/sub/p3.jpg\n")
+    r = run("extract", "--images", lst, "--net", "T,T", "--weights", "random", "--scales", "224",
+            "--out", tmp_path / "caches", "-q")
+    assert r.exit_code == 0, r.output
+    c = DescriptorCache(tmp_path / "caches" / "T-random-0.h5")
+    assert c.ids == ["photos/p0.jpg", "photos/sub/p3.jpg"] and c.counts()[224]["done"] == 2
+
+
+def test_errors_are_one_line(tmp_path, photos, monkeypatch):
+    r = run("extract", "--images", photos, "--net", "T,T", "--out", tmp_path / "x.h5")
+    assert r.exit_code == 2 and "is one file but 2 nets" in r.output
+    r = run("extract", "--images", photos, "--net", "X")
+    assert r.exit_code == 2 and "unknown net 'X'" in r.output
+    r = run("extract", "--images", photos, "--net", "T", "--scales", "100,256", "--weights", "random")
+    assert r.exit_code == 1 and r.output.startswith("Error: scale Q=100 is too small")
+    r = run("extract", "--images", photos, "--net", "T", "--scales", "256:1", "--weights", "random")
+    assert r.exit_code == 2 and "write LO:HI" in r.output
+    r = run("extract", "--images", tmp_path / "nothing", "--net", "T", "--weights", "random")
+    assert r.exit_code == 1 and "no such folder or list file" in r.output
+    # offline, no cached torchvision weights: one sentence naming the file to get, no traceback
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(socket.socket, "connect", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    r = run("extract", "--images", photos, "--net", "D", "--out", tmp_path / "d.h5")
+    assert r.exit_code == 1 and "vgg16-397923af.pth" in r.output and "Traceback" not in r.output
+
+
+def test_strict(tmp_path, photos):
+    r = run("extract", "--images", photos, "--net", "T", "--weights", "random", "--scales", "224",
+            "--out", tmp_path / "s.h5", "--strict", "-q")
+    assert r.exit_code == 1 and "broken.jpg: not an image" in r.output
