@@ -9,8 +9,8 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError, FeatxError
+from .images import IMAGE_EXTENSIONS
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 
 
 class FeatxGroup(click.Group):
@@ -229,3 +229,41 @@ def info(paths, failures):
                 click.echo(f"  failed {id_}: {reason}")
         elif errs:
             click.echo(f"  {len(errs)} image(s) failed (--failures lists them)")
+
+
+# -- featx datasets -----------------------------------------------------------------------------
+
+@main.group()
+def datasets():
+    """List, check and download the benchmark datasets."""
+
+
+@datasets.command("ls")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+def datasets_ls(root):
+    """Which benchmarks are present under the data root, and are they complete?"""
+    from .datasets import DATASETS, data_root, load_dataset
+
+    root = data_root(root)
+    click.echo(f"data root: {root.resolve()}")
+    for name, spec in DATASETS.items():
+        try:
+            d = load_dataset(name, root)
+        except FeatxError as e:
+            click.echo(f"  {name:<15} missing   {e}")
+            continue
+        want = spec["images"]
+        state = "complete" if want is None or len(d.items) == want else f"INCOMPLETE (official: {want})"
+        click.echo(f"  {name:<15} {state:<9} {d.describe()}")
+
+
+@datasets.command("download")
+@click.argument("name")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+def datasets_download(name, root):
+    """Download, verify (md5) and unpack NAME's official archives; resumes partial downloads."""
+    from .datasets import download, load_dataset
+
+    path = download(name, root)
+    click.echo(f"{name} unpacked in {path}")
+    click.echo(load_dataset(name, root).describe())

@@ -1,0 +1,452 @@
+"""The benchmark datasets (SPEC.md section 4), read from their standard on-disk layouts.
+
+Under the data root (--root, $FEATX_DATA_ROOT, default ./datasets):
+    voc2007/VOCdevkit/VOC2007        trainval + test archives unpacked together
+    voc2012/VOCdevkit/VOC2012        classification (ImageSets/Main) and action (ImageSets/Action)
+    caltech101/101_ObjectCategories  102 folders: 101 objects + BACKGROUND_Google
+    caltech256/256_ObjectCategories  257 folders NNN.<class>, 257.clutter included
+plus two generic forms: "folder:DIR" (a folder per class) and "csv:FILE" (path,label[;label...][,split]).
+
+A Dataset lists the images to extract (`items`, `ids`: the HDF5 cache's rows) and the labelled
+samples built on them: a VOC or Caltech sample is one image; a VOC action sample is one person,
+seen as the whole image and as the person's box (`views`).
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import urllib.error
+import urllib.request
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError
+from .images import IMAGE_EXTENSIONS, Crop
+
+VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+               "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
+               "train", "tvmonitor")
+ACTIONS = ("jumping", "phoning", "playinginstrument", "reading", "ridingbike", "ridinghorse",
+           "running", "takingphoto", "usingcomputer", "walking")
+CALTECH = {"caltech101": {"folder": "101_ObjectCategories", "train": 30, "test": 50, "classes": 102},
+           "caltech256": {"folder": "256_ObjectCategories", "train": 60, "test": None, "classes": 257}}
+N_SPLITS, VAL_FRACTION = 3, 0.2
+
+
+@dataclass
+class Dataset:
+    """Images to extract and the labelled samples of one benchmark.
+
+    labels: multilabel -> (n_samples, n_classes) int8, 1 positive, -1 negative, 0 difficult
+            (left out of that class's evaluation); multiclass -> (n_samples,) class index.
+    splits: {name: sample indices}. views: {name: (n_samples,) row in items per sample}.
+    """
+
+    name: str
+    path: Path
+    items: list
+    ids: list
+    classes: tuple
+    task: str  # "multilabel" or "multiclass"
+    labels: np.ndarray
+    splits: dict
+    views: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.views:
+            self.views = {"image": np.arange(len(self.items))}
+
+    def __len__(self):
+        return len(self.labels)
+
+    def split(self, name: str) -> np.ndarray:
+        if name not in self.splits:
+            raise DatasetError(f"{self.name} has no split {name!r}; it has {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def rows_of(self, split_names) -> np.ndarray:
+        """Item rows (cache rows) that the samples of these splits need, in every view."""
+        samples = np.unique(np.concatenate([self.split(s) for s in split_names]))
+        return np.unique(np.concatenate([v[samples] for v in self.views.values()]))
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
+        return (f"{self.name}: {len(self.items)} images to extract, {len(self)} samples, "
+                f"{len(self.classes)} classes ({self.task}); splits: {sizes}")
+
+
+def data_root(root=None) -> Path:
+    return Path(root or os.environ.get("FEATX_DATA_ROOT") or "datasets")
+
+
+def load_dataset(name: str, root=None) -> Dataset:
+    root = data_root(root)
+    if name.startswith("folder:"):
+        return load_class_folders(Path(name[len("folder:"):]))
+    if name.startswith("csv:"):
+        return load_csv(Path(name[len("csv:"):]))
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
+                           "folder:DIR or csv:FILE")
+    return DATASETS[name]["load"](root)
+
+
+# -- VOC classification -------------------------------------------------------------------------
+
+def _voc_dir(root: Path, year: str, name: str) -> Path:
+    path = root / f"voc{year}" / "VOCdevkit" / f"VOC{year}"
+    if not (path / "JPEGImages").is_dir():
+        raise DatasetError(f"{name} not found: expected {path}/JPEGImages and ImageSets/ "
+                           f"(get it with: featx datasets download {name} --root {root})")
+    return path
+
+
+def _read_lines(path: Path):
+    """(line number, fields) for each non-blank line."""
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                yield n, line.split()
+
+
+def load_voc(root: Path, year: str) -> Dataset:
+    name = f"voc{year}"
+    base = _voc_dir(root, year, name)
+    main = base / "ImageSets" / "Main"
+    split_names = [s for s in ("train", "val", "trainval", "test") if (main / f"{s}.txt").is_file()]
+    if not split_names:
+        raise DatasetError(f"{main}: no split lists (train.txt, val.txt, trainval.txt, test.txt)")
+    ids, row, members = [], {}, {}
+    for s in split_names:
+        members[s] = []
+        for n, fields in _read_lines(main / f"{s}.txt"):
+            image_id = fields[0]
+            if image_id not in row:
+                if not (base / "JPEGImages" / f"{image_id}.jpg").is_file():
+                    raise DatasetError(f"{main / f'{s}.txt'}:{n}: image {image_id} is not in {base / 'JPEGImages'}")
+                row[image_id] = len(ids)
+                ids.append(image_id)
+            members[s].append(row[image_id])
+    members_set = {s: set(m) for s, m in members.items()}
+    labels = np.zeros((len(ids), len(VOC_CLASSES)), np.int8)
+    for s in split_names:
+        for c, cls in enumerate(VOC_CLASSES):
+            path = main / f"{cls}_{s}.txt"
+            if not path.is_file():
+                raise DatasetError(f"{path} is missing: the {s} split has no {cls} labels")
+            seen = set()
+            for n, fields in _read_lines(path):
+                if len(fields) != 2 or fields[1] not in ("1", "0", "-1"):
+                    raise DatasetError(f"{path}:{n}: expected '<image id> <1|0|-1>', got {' '.join(fields)!r}")
+                r = row.get(fields[0])
+                if r is None or r not in members_set[s]:
+                    raise DatasetError(f"{path}:{n}: image {fields[0]} is not in {s}.txt")
+                labels[r, c] = int(fields[1])
+                seen.add(r)
+            if len(seen) != len(members_set[s]):
+                first = min(members_set[s] - seen)
+                raise DatasetError(f"{path}: no label for image {ids[first]}")
+    items = [str(base / "JPEGImages" / f"{i}.jpg") for i in ids]
+    splits = {s: np.asarray(m, dtype=np.int64) for s, m in members.items()}
+    return Dataset(name, base, items, ids, VOC_CLASSES, "multilabel", labels, splits)
+
+
+# -- VOC 2012 action ----------------------------------------------------------------------------
+
+def load_voc_action(root: Path) -> Dataset:
+    """One sample per annotated person: its image, its box and its action flags (10 + other)."""
+    base = _voc_dir(root, "2012", "voc2012-action")
+    action_sets = base / "ImageSets" / "Action"
+    split_names = [s for s in ("train", "val", "trainval") if (action_sets / f"jumping_{s}.txt").is_file()]
+    if not split_names:
+        raise DatasetError(f"{action_sets}: no action split files (jumping_train.txt, ...)")
+    persons, members = {}, {}
+    for s in split_names:
+        members[s] = set()
+        for action in ACTIONS:
+            path = action_sets / f"{action}_{s}.txt"
+            if not path.is_file():
+                raise DatasetError(f"{path} is missing")
+            for n, fields in _read_lines(path):
+                if len(fields) != 3 or not fields[1].isdigit() or fields[2] not in ("1", "0", "-1"):
+                    raise DatasetError(f"{path}:{n}: expected '<image id> <person index> <1|0|-1>', "
+                                       f"got {' '.join(fields)!r}")
+                key = (fields[0], int(fields[1]))
+                persons.setdefault(key, None)
+                members[s].add(key)
+    keys = sorted(persons)
+    classes = ACTIONS + ("other",)
+    labels = np.full((len(keys), len(classes)), -1, np.int8)
+    boxes, annotations = [], {}
+    for k, (image_id, index) in enumerate(keys):
+        if image_id not in annotations:
+            annotations[image_id] = _voc_objects(base / "Annotations" / f"{image_id}.xml")
+        objects = annotations[image_id]
+        if not 1 <= index <= len(objects):
+            raise DatasetError(f"{base / 'Annotations' / f'{image_id}.xml'}: no person #{index} "
+                               f"(the file has {len(objects)} objects)")
+        box, flags, where = objects[index - 1]
+        if flags is None:
+            raise DatasetError(f"{where}: person #{index} has no <actions> element")
+        unknown = set(flags) - set(classes)
+        if unknown:
+            raise DatasetError(f"{where}: unknown action {sorted(unknown)[0]!r} for person #{index}")
+        labels[k] = [1 if flags.get(a) == 1 else -1 for a in classes]
+        boxes.append(box)
+    image_ids = sorted({i for i, _ in keys})
+    image_row = {i: r for r, i in enumerate(image_ids)}
+    for i in image_ids:
+        if not (base / "JPEGImages" / f"{i}.jpg").is_file():
+            raise DatasetError(f"{action_sets}: image {i} is not in {base / 'JPEGImages'}")
+    items = [str(base / "JPEGImages" / f"{i}.jpg") for i in image_ids]
+    items += [Crop(str(base / "JPEGImages" / f"{i}.jpg"), b) for (i, _), b in zip(keys, boxes)]
+    ids = image_ids + [f"{i}/person{n}" for i, n in keys]
+    key_row = {key: k for k, key in enumerate(keys)}
+    splits = {s: np.asarray(sorted(key_row[key] for key in m), dtype=np.int64) for s, m in members.items()}
+    views = {"image": np.asarray([image_row[i] for i, _ in keys]),
+             "box": len(image_ids) + np.arange(len(keys))}
+    return Dataset("voc2012-action", base, items, ids, classes, "multilabel", labels, splits, views)
+
+
+def _voc_objects(path: Path):
+    """[(crop box, {action: 0/1} or None, path)] for every <object>, in file order."""
+    if not path.is_file():
+        raise DatasetError(f"{path} is missing (needed for the person boxes)")
+    try:
+        tree = ET.parse(path)
+    except ET.ParseError as e:
+        raise DatasetError(f"{path}: not valid XML ({e})") from None
+    out = []
+    for obj in tree.getroot().iter("object"):
+        bb = obj.find("bndbox")
+        try:
+            x1, y1, x2, y2 = (float(bb.find(t).text) for t in ("xmin", "ymin", "xmax", "ymax"))
+        except (AttributeError, TypeError, ValueError):
+            raise DatasetError(f"{path}: an object has no valid <bndbox>") from None
+        # VOC boxes are 1-based and inclusive; Crop boxes are 0-based, end-exclusive.
+        box = (int(round(x1)) - 1, int(round(y1)) - 1, int(round(x2)), int(round(y2)))
+        actions = obj.find("actions")
+        flags = None if actions is None else {a.tag: int(float(a.text)) for a in actions}
+        out.append((box, flags, path))
+    return out
+
+
+# -- Caltech ------------------------------------------------------------------------------------
+
+def _caltech_dir(root: Path, name: str) -> Path:
+    folder = CALTECH[name]["folder"]
+    for path in (root / name / folder, root / folder):
+        if path.is_dir():
+            return path
+    raise DatasetError(f"{name} not found: expected {root / name / folder}/<class>/*.jpg "
+                       f"(get it with: featx datasets download {name} --root {root})")
+
+
+def load_caltech(root: Path, name: str, splits_dir: Path | None = None) -> Dataset:
+    """All images of every class folder; three seeded splits (train / val / test per split)."""
+    base = _caltech_dir(root, name)
+    spec = CALTECH[name]
+    classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
+    if not classes:
+        raise DatasetError(f"{base}: no class folders")
+    ids, labels = [], []
+    for c, cls in enumerate(classes):
+        files = sorted(p.name for p in (base / cls).iterdir() if p.suffix.lower() == ".jpg" and p.is_file())
+        ids += [f"{cls}/{f}" for f in files]
+        labels += [c] * len(files)
+    labels = np.asarray(labels, dtype=np.int64)
+    items = [str(base / i) for i in ids]
+    splits_dir = splits_dir or root / "splits" / name
+    splits = {}
+    for k in range(1, N_SPLITS + 1):
+        path = splits_dir / f"split{k}.csv"
+        if not path.is_file():
+            write_split(path, make_split(ids, labels, classes, spec["train"], spec["test"], seed=k, where=base))
+        splits.update({f"{sub}{k}": rows for sub, rows in read_split(path, ids).items()})
+    return Dataset(name, base, items, ids, classes, "multiclass", labels, splits)
+
+
+def make_split(ids, labels, classes, n_train, n_test, seed, where=None) -> dict[str, list]:
+    """Per class: shuffle (seeded), first n_train train (of which 20% val), next n_test test
+    (all the rest when n_test is None)."""
+    rng = np.random.default_rng(seed)
+    out = {"train": [], "val": [], "test": []}
+    n_val = int(round(VAL_FRACTION * n_train))
+    for c, cls in enumerate(classes):
+        rows = np.flatnonzero(labels == c)
+        if len(rows) <= n_train:
+            raise DatasetError(f"{where}/{cls}: {len(rows)} images, but the protocol trains on "
+                               f"{n_train} per class and needs at least one more to test")
+        rows = rows[rng.permutation(len(rows))]
+        train, test = rows[:n_train], rows[n_train:] if n_test is None else rows[n_train:n_train + n_test]
+        out["val"] += [ids[i] for i in train[:n_val]]
+        out["train"] += [ids[i] for i in train[n_val:]]
+        out["test"] += [ids[i] for i in test]
+    return out
+
+
+def write_split(path: Path, split: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "subset"])
+        for subset in ("train", "val", "test"):
+            for i in sorted(split[subset]):
+                w.writerow([i, subset])
+    os.replace(tmp, path)
+
+
+def read_split(path: Path, ids) -> dict[str, np.ndarray]:
+    """{train, val, trainval, test: rows}; trainval = train + val (the whole training part)."""
+    row = {i: r for r, i in enumerate(ids)}
+    out = {"train": [], "val": [], "test": []}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header != ["id", "subset"]:
+            raise DatasetError(f"{path}:1: expected the header 'id,subset', got {header}")
+        for n, rec in enumerate(reader, 2):
+            if len(rec) != 2 or rec[1] not in out:
+                raise DatasetError(f"{path}:{n}: expected '<image id>,<train|val|test>', got {','.join(rec)!r}")
+            if rec[0] not in row:
+                raise DatasetError(f"{path}:{n}: image {rec[0]} is not in the dataset")
+            out[rec[1]].append(row[rec[0]])
+    out = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in out.items()}
+    out["trainval"] = np.union1d(out["train"], out["val"])
+    return out
+
+
+# -- generic ------------------------------------------------------------------------------------
+
+def load_class_folders(path: Path) -> Dataset:
+    """DIR/<class>/<image>: one class per folder, every image in the split 'all'."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: no such folder (expected DIR/<class>/<image files>)")
+    classes = tuple(sorted(p.name for p in path.iterdir() if p.is_dir()))
+    ids, labels = [], []
+    for c, cls in enumerate(classes):
+        files = sorted(p.name for p in (path / cls).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        ids += [f"{cls}/{f}" for f in files]
+        labels += [c] * len(files)
+    if not ids:
+        raise DatasetError(f"{path}: no images in class folders")
+    return Dataset(path.name, path, [str(path / i) for i in ids], ids, classes, "multiclass",
+                   np.asarray(labels), {"all": np.arange(len(ids))})
+
+
+def load_csv(path: Path) -> Dataset:
+    """CSV with header path,labels[,split]; labels separated by ';' (several: multi-label)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: no such CSV file")
+    rows = []
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = [h.strip() for h in next(reader, [])]
+        if header[:2] != ["path", "labels"]:
+            raise DatasetError(f"{path}:1: expected the header 'path,labels[,split]', got {','.join(header)!r}")
+        for n, rec in enumerate(reader, 2):
+            if not rec:
+                continue
+            if len(rec) != len(header) or not rec[1].strip():
+                raise DatasetError(f"{path}:{n}: expected {len(header)} fields with a label, got {','.join(rec)!r}")
+            rows.append((rec[0].strip(), [l.strip() for l in rec[1].split(";") if l.strip()],
+                         rec[2].strip() if len(header) > 2 else "all"))
+    if not rows:
+        raise DatasetError(f"{path}: no rows")
+    classes = tuple(sorted({l for _, ls, _ in rows for l in ls}))
+    multilabel = any(len(ls) > 1 for _, ls, _ in rows)
+    index = {c: i for i, c in enumerate(classes)}
+    if multilabel:
+        labels = np.full((len(rows), len(classes)), -1, np.int8)
+        for r, (_, ls, _) in enumerate(rows):
+            labels[r, [index[l] for l in ls]] = 1
+    else:
+        labels = np.asarray([index[ls[0]] for _, ls, _ in rows])
+    ids = [p for p, _, _ in rows]
+    items = [str(Path(p) if Path(p).is_absolute() else path.parent / p) for p in ids]
+    splits = {}
+    for r, (_, _, s) in enumerate(rows):
+        splits.setdefault(s, []).append(r)
+    return Dataset(path.stem, path.parent, items, ids, classes, "multilabel" if multilabel else "multiclass",
+                   labels, {k: np.asarray(v) for k, v in splits.items()})
+
+
+# -- registry, download -------------------------------------------------------------------------
+
+VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC"
+DATASETS = {
+    "voc2007": {"load": lambda root: load_voc(root, "2007"), "images": 9963,
+                "archives": [(f"{VOC_URL}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+                             (f"{VOC_URL}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")]},
+    "voc2012": {"load": lambda root: load_voc(root, "2012"), "images": 11540,
+                "archives": [(f"{VOC_URL}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]},
+    "voc2012-action": {"load": load_voc_action, "images": None, "dir": "voc2012",
+                       "archives": [(f"{VOC_URL}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]},
+    "caltech101": {"load": lambda root: load_caltech(root, "caltech101"), "images": 9146,
+                   "archives": [("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
+                                 "3138e1922a9193bfa496528edbbc45d0")]},
+    "caltech256": {"load": lambda root: load_caltech(root, "caltech256"), "images": 30607,
+                   "archives": [("https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
+                                 "67b4f42ca05d46448c6bb8ecd2220f6d")]},
+}
+
+
+def download(name: str, root=None, progress: bool = True) -> Path:
+    """Fetch (resuming partial files), verify md5 and unpack a benchmark's official archives."""
+    from torchvision.datasets.utils import extract_archive
+    from tqdm.auto import tqdm
+
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    root = data_root(root)
+    target = root / DATASETS[name].get("dir", name)
+    target.mkdir(parents=True, exist_ok=True)
+    for url, md5 in DATASETS[name]["archives"]:
+        archive = target / url.rsplit("/", 1)[1]
+        if not (archive.is_file() and _md5(archive) == md5):
+            _fetch_resumable(url, archive, progress, tqdm)
+            if _md5(archive) != md5:
+                archive.rename(archive.with_suffix(archive.suffix + ".bad"))
+                raise DatasetError(f"{url}: downloaded file fails its md5 check (kept as {archive}.bad)")
+        extract_archive(str(archive), str(target))
+        if name == "caltech101":  # the zip holds 101_ObjectCategories.tar.gz
+            inner = target / "caltech-101" / "101_ObjectCategories.tar.gz"
+            if inner.is_file():
+                extract_archive(str(inner), str(target))
+    return target
+
+
+def _fetch_resumable(url: str, dest: Path, progress: bool, tqdm):
+    part = dest.with_suffix(dest.suffix + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except (urllib.error.URLError, OSError) as e:
+        raise DatasetError(f"cannot download {url} ({getattr(e, 'reason', e)}). Download it by hand "
+                           f"into {dest.parent}, or unpack the dataset there yourself "
+                           f"(see `featx datasets ls` for the expected layout)") from None
+    with response:
+        if have and response.status != 206:  # the server ignored the range: start over
+            have = 0
+        total = int(response.headers.get("Content-Length", 0)) + have
+        with open(part, "ab" if have else "wb") as f, tqdm(total=total or None, initial=have, unit="B",
+                                                          unit_scale=True, desc=dest.name,
+                                                          disable=not progress) as bar:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+                bar.update(len(chunk))
+    os.replace(part, dest)
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
