@@ -60,6 +60,12 @@ class Summary:
                 f"(image x scale) in {self.seconds:.1f} s")
 
 
+def cache_file(folder, net: str, weights) -> Path:
+    """Where an image set's cache for one net and weight source lives: FOLDER/<net>-<weights>.h5."""
+    from .weights import weights_tag
+    return Path(folder) / f"{net}-{weights_tag(weights)}.h5"
+
+
 def _ids_digest(ids: Sequence[str]) -> str:
     return hashlib.sha256("\n".join(ids).encode()).hexdigest()
 

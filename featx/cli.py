@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import ConfigError, FeatxError
 from .images import IMAGE_EXTENSIONS
@@ -146,7 +147,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
       featx extract --images photos/ --net E --weights vgg19.pth --preprocess caffe --out e.h5
       featx extract --dataset voc2007 --net D,E --scales 256:768 --split trainval,test
     """
-    from .cache import extract_to_cache
+    from .cache import cache_file, extract_to_cache
     from .extract import Extractor
 
     nets = parse_nets(nets)
@@ -179,7 +180,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
         ex = Extractor(net, scales=scales, flip=not no_flip, weights=weights[net],
                        preprocess=preprocess[net], device=device, dtype=dtype,
                        batch_size=batch_size, workers=workers, progress=progress)
-        path = out if single_file else out / f"{net}-{ex.weights.tag.replace(':', '-')}.h5"
+        path = out if single_file else cache_file(out, net, weights[net])
         if progress:
             click.echo(f"Net-{net} ({ex.weights.source} weights, {ex.preprocess.name} preprocessing) "
                        f"on {ex.device}, Q = {', '.join(map(str, scales))} -> {path}", err=True)
@@ -267,3 +268,107 @@ def datasets_download(name, root):
     path = download(name, root)
     click.echo(f"{name} unpacked in {path}")
     click.echo(load_dataset(name, root).describe())
+
+
+# -- featx svm / predict ------------------------------------------------------------------------
+
+@main.command()
+@click.argument("dataset")
+@click.option("--net", "nets", default="D", show_default=True, help="D, E or D,E (late fusion).")
+@click.option("--scales", default="256:512", show_default=True, help="Scales to use (as for extract).")
+@click.option("--aggregate", type=click.Choice(["mean", "stack", "max"]), default="mean", show_default=True,
+              help="Across scales: mean (VOC's best), stack (Caltech's best) or max.")
+@click.option("--weights", help="Weight source the caches were computed with (as for extract).")
+@click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]), help="For --extract with a bare .pth.")
+@click.option("--setting", type=click.Choice(["image", "image+box"]), default="image", show_default=True,
+              help="voc2012-action: whole image only, or stacked with the person box.")
+@click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True,
+              help="torch: all classes at once (fast); liblinear: scikit-learn LinearSVC (reference).")
+@click.option("--c-grid", default=",".join(map(str, (0.01, 0.03, 0.1, 0.3, 1, 3, 10))), show_default=True,
+              help="Values of C tried on the validation data.")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+@click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
+@click.option("--extract", "do_extract", is_flag=True, help="Compute missing descriptors first.")
+@click.option("--device", default="auto", show_default=True, help="Device for the SVM solver and --extract.")
+@click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
+@click.option("--run-name", help="Name of the result files [default: nets-scales-aggregate[-setting]].")
+def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, c_grid, root, cache_dir,
+        do_extract, device, results_dir, run_name):
+    """Train one-vs-rest linear SVMs on cached descriptors and evaluate by the paper's protocol.
+
+    \b
+    Protocols (SPEC.md section 4):
+      voc2007            C on train->val, refit trainval, test mAP (11-point AP; area AP too)
+      voc2012            C inside train, refit train, VAL mAP (test labels are withheld)
+      voc2012-action     as voc2012; --setting image or image+box
+      caltech101/256     per split: C on its 20% validation part, refit, mean class recall
+
+    Writes RESULTS_DIR/<dataset>/<run-name>.{csv,md,json} and the classifiers (.joblib, for
+    featx predict).
+    """
+    from .cache import cache_file, extract_to_cache
+    from .datasets import data_root, load_dataset
+    from .experiment import Config, headline_text, run, write_results
+    from .metrics import nanmean
+    from .extract import Extractor
+
+    nets = parse_nets(nets)
+    scales = parse_scales(scales)
+    weights = parse_per_net(weights or "torchvision", nets)
+    preprocess = parse_per_net(preprocess, nets)
+    try:
+        grid = tuple(float(c) for c in c_grid.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas") from None
+    from .extract import resolve_device
+    device = str(resolve_device(device))
+    data = load_dataset(dataset, root)
+    folder = resolve_cache_dir(cache_dir, data_root(root)) / data.name
+    if do_extract:
+        for net in nets:
+            ex = Extractor(net, scales=scales, weights=weights[net], preprocess=preprocess[net],
+                           device=device, progress=True)
+            click.echo(str(extract_to_cache(ex, data.items, data.ids, cache_file(folder, net, weights[net]),
+                                            name=data.name)), err=True)
+    cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
+                 preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device)
+    result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
+    run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
+                                    + ([setting.replace("+", "")] if data.name == "voc2012-action" else []))
+    paths = write_results(result, results_dir / data.name, run_name)
+    r = result["runs"][0]
+    key = "ap11" if data.task == "multilabel" else "recall"
+    click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in r["scores"]))
+    for c, cls in enumerate(data.classes):
+        vals = [nanmean([run_["scores"][k][c] for run_ in result["runs"]]) for k in r["scores"]]
+        click.echo(f"{cls:<20} " + "  ".join(f"{100 * v:7.1f}" for v in vals))
+    click.echo(headline_text(result))
+    chosen = ", ".join(f"{x['C']:g}" for x in result["runs"])
+    click.echo(f"chosen C: {chosen}; wrote "
+               + ", ".join(str(p) for p in paths))
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True, path_type=Path))
+@click.argument("images", nargs=-1, required=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--top", default=3, show_default=True, help="Classes shown per image.")
+def predict(model, images, device, top):
+    """Apply classifiers saved by `featx svm` (MODEL.joblib) to new images.
+
+    The images get the descriptor the classifiers were trained on (same nets, weights,
+    scales, aggregation); shown are the best-scoring classes with their SVM scores.
+    """
+    import joblib
+    from .transform import VGGDescriptor
+
+    bundle = joblib.load(model)
+    cfg = bundle["config"]
+    if cfg.get("setting") == "image+box":
+        raise ConfigError("this model needs person boxes (image+box); predict takes whole images only")
+    desc = VGGDescriptor(nets=tuple(cfg["nets"]), scales=tuple(cfg["scales"]), aggregate=cfg["aggregate"],
+                         weights=cfg["weights"], preprocess=cfg.get("preprocess") or None, device=device)
+    scores = bundle["models"][0].decision_function(desc.fit_transform(list(images)))
+    for path, s in zip(images, scores):
+        best = np.argsort(-s)[:top]
+        click.echo(f"{path}: " + ", ".join(f"{bundle['classes'][c]} {s[c]:+.2f}" for c in best))

@@ -86,16 +86,21 @@ class Weights:
 
     @property
     def tag(self) -> str:
-        """Short name for file names: the source, or the file's stem."""
-        if self.source == "file":
-            return self.path.stem
-        return self.source
+        return weights_tag(self.path if self.source == "file" else self.source)
 
     def checksum(self) -> str:
         """sha256 of the weight file (or the random seed), recorded as cache provenance."""
         if self.path is None:
             return self.source
         return file_sha256(self.path)
+
+
+def weights_tag(weights) -> str:
+    """Short name of a weight source for file names: the source, or the file's stem."""
+    text = str(weights)
+    if text in ("torchvision", "caffe") or text.startswith("random"):
+        return text.replace(":", "-") if ":" in text else ("random-0" if text == "random" else text)
+    return Path(text).stem
 
 
 def file_sha256(path: Path, block: int = 1 << 22) -> str:

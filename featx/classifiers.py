@@ -1,0 +1,129 @@
+"""One-vs-rest linear SVMs (L2 penalty, squared hinge), with two solvers behind one estimator.
+
+solver="torch": all classes at once by a truncated-Newton method (as liblinear's TRON, for the
+  primal squared-hinge problem) whose every step is a dense matrix product over all classes,
+  on CPU or GPU. solver="liblinear": scikit-learn's LinearSVC per class, the reference.
+Both minimise, per class c,  0.5 |w|^2 + C sum_i s_i max(0, 1 - y_i (w.x_i + b))^2
+with the bias learnt as a weight on a constant feature 1 (liblinear's intercept_scaling=1)
+and s_i = 0 for samples marked 0 (VOC 'difficult') for that class.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from .errors import ConfigError
+
+SOLVERS = ("torch", "liblinear")
+
+
+def _targets(y, classes=None):
+    """y -> (classes, ±1 targets (n, C), sample weights (n, C), multilabel?)."""
+    y = np.asarray(y)
+    if y.ndim == 2:  # multi-label: 1 positive, -1 negative, 0 ignored
+        t = np.where(y > 0, 1.0, -1.0)
+        return np.arange(y.shape[1]), t, (y != 0).astype(np.float64), True
+    classes = np.unique(y) if classes is None else classes
+    t = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+    return classes, t, np.ones_like(t), False
+
+
+def fit_squared_hinge(X, T, S, C, tol=1e-4, max_iter=100, device="cpu", dtype=torch.float64):
+    """Newton-CG on all columns of T at once. X (n, d), T / S (n, k) -> W (d + 1, k), last row bias."""
+    dev = torch.device(device)
+    X = torch.as_tensor(np.asarray(X), dtype=dtype, device=dev)
+    X = torch.cat([X, torch.ones(len(X), 1, dtype=dtype, device=dev)], 1)
+    T = torch.as_tensor(T, dtype=dtype, device=dev)
+    S = torch.as_tensor(S, dtype=dtype, device=dev)
+    W = torch.zeros(X.shape[1], T.shape[1], dtype=dtype, device=dev)
+
+    def objective(W):
+        slack = torch.clamp(1 - T * (X @ W), min=0)
+        return 0.5 * (W * W).sum(0) + C * (S * slack * slack).sum(0)
+
+    f = objective(W)
+    g0 = None
+    for _ in range(max_iter):
+        margin = T * (X @ W)
+        active = S * (margin < 1)                       # D: samples inside the margin
+        grad = W + 2 * C * (X.T @ (active * (margin - 1) * T))
+        gnorm = grad.norm(dim=0)
+        g0 = gnorm if g0 is None else g0
+        todo = gnorm > tol * g0
+        if not todo.any():
+            break
+        # CG on (I + 2C X' D X) d = -grad, per class, to 10% relative residual (as TRON)
+        hess = lambda V: V + 2 * C * (X.T @ (active * (X @ V)))
+        d = torch.zeros_like(W)
+        r = -grad
+        p = r.clone()
+        rr = (r * r).sum(0)
+        for _ in range(50):
+            Hp = hess(p)
+            alpha = rr / (p * Hp).sum(0).clamp_min(1e-300)
+            d = d + alpha * p
+            r = r - alpha * Hp
+            rr_new = (r * r).sum(0)
+            if (rr_new.sqrt() <= 0.1 * gnorm).all():
+                break
+            p = r + (rr_new / rr.clamp_min(1e-300)) * p
+            rr = rr_new
+        d = d * todo  # converged classes stay put
+        # Armijo backtracking, one step length per class
+        step = torch.ones(W.shape[1], dtype=dtype, device=dev)
+        slope = (grad * d).sum(0)
+        for _ in range(30):
+            f_new = objective(W + step * d)
+            ok = f_new <= f + 1e-4 * step * slope
+            if ok.all():
+                break
+            step = torch.where(ok, step, step / 2)
+        W = W + step * d
+        f = objective(W)
+    return W.cpu().numpy()
+
+
+class OneVsRestSVM(ClassifierMixin, BaseEstimator):
+    """Linear SVMs, one per class, for multi-class (y: labels) or multi-label (y: (n, C) in
+    {1, 0, -1}, 0 = ignored) problems. Multi-class prediction is the arg-max of the scores.
+
+    C: penalty (the same for every class). solver: "torch" (fast, CPU/GPU) or "liblinear".
+    """
+
+    def __init__(self, C=1.0, solver="torch", tol=1e-4, max_iter=100, device="cpu"):
+        self.C = C
+        self.solver = solver
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+
+    def fit(self, X, y):
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver={self.solver!r}: choose one of {', '.join(SOLVERS)}")
+        X = np.asarray(X, dtype=np.float64)
+        self.classes_, T, S, self.multilabel_ = _targets(y)
+        self.n_features_in_ = X.shape[1]
+        if self.solver == "torch":
+            W = fit_squared_hinge(X, T, S, self.C, self.tol, self.max_iter, self.device)
+        else:
+            from sklearn.svm import LinearSVC
+            W = np.zeros((X.shape[1] + 1, T.shape[1]))
+            for c in range(T.shape[1]):
+                keep = S[:, c] > 0
+                svm = LinearSVC(C=self.C, loss="squared_hinge", penalty="l2", dual=False,
+                                tol=self.tol, max_iter=max(1000, self.max_iter), intercept_scaling=1.0)
+                svm.fit(X[keep], T[keep, c])
+                sign = 1.0 if svm.classes_[1] == 1 else -1.0
+                W[:-1, c], W[-1, c] = sign * svm.coef_[0], sign * svm.intercept_[0]
+        self.coef_, self.intercept_ = W[:-1].T.copy(), W[-1].copy()
+        return self
+
+    def decision_function(self, X):
+        return np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
+
+    def predict(self, X):
+        scores = self.decision_function(X)
+        if self.multilabel_:
+            return np.where(scores > 0, 1, -1)
+        return self.classes_[scores.argmax(1)]

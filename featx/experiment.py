@@ -1,0 +1,228 @@
+"""The paper's protocols on cached descriptors: assemble, choose C, train, evaluate, report.
+
+VOC-2007: C chosen by training on train and scoring mAP on val, then refit on trainval and
+  evaluated on test (11-point AP, the devkit's; area AP beside it).
+VOC-2012 (classification and action): the test labels are withheld, so C is chosen on a seeded
+  20% of train, the SVMs are refit on train and **val** mAP is reported (and labelled so).
+Caltech-101/256: per split, C chosen on its 20% validation part, refit on the whole training
+  part, mean class recall on test; mean ± std over the three splits.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .aggregate import aggregate, fuse, l2_normalize
+from .cache import DescriptorCache, cache_file
+from .classifiers import OneVsRestSVM
+from .datasets import Dataset
+from .errors import CacheError, ConfigError
+from .metrics import class_recalls, nanmean, per_class_ap
+
+DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
+# Paper, Tables 11 and 12 (mAP or mean class recall, %; Caltech: mean, std over splits).
+PAPER = {
+    "voc2007": {"D": 89.3, "E": 89.3, "D,E": 89.7},
+    "voc2012": {"D": 89.0, "E": 89.0, "D,E": 89.3},
+    "caltech101": {"D": (91.8, 1.0), "E": (92.3, 0.5), "D,E": (92.7, 0.5)},
+    "caltech256": {"D": (85.0, 0.2), "E": (85.1, 0.3), "D,E": (86.2, 0.3)},
+    "voc2012-action": {"D,E/image": 79.2, "D,E/image+box": 84.0},
+}
+
+
+@dataclass
+class Config:
+    dataset: str
+    nets: tuple = ("D",)
+    scales: tuple = (256, 384, 512)
+    aggregate: str = "mean"
+    weights: dict = field(default_factory=dict)  # net -> weight source
+    preprocess: dict = field(default_factory=dict)  # net -> preprocessing of a bare .pth
+    setting: str = "image"  # action only: "image" or "image+box"
+    solver: str = "torch"
+    c_grid: tuple = DEFAULT_C_GRID
+    device: str = "cpu"
+
+
+class Descriptors:
+    """Assembles L2-normalised descriptors from the per-net caches of one dataset."""
+
+    def __init__(self, data: Dataset, folder: Path, cfg: Config):
+        self.data, self.cfg = data, cfg
+        self.caches = {}
+        for net in cfg.nets:
+            path = cache_file(folder, net, cfg.weights.get(net, "torchvision"))
+            if not path.is_file():
+                raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  "
+                                 + self.extract_command(folder))
+            self.caches[net] = DescriptorCache(path)
+            if self.caches[net].ids != list(data.ids):
+                raise CacheError(f"{path} was made for another version of {data.name} "
+                                 f"({len(self.caches[net])} images, here {len(data.ids)})")
+        views = ("image", "box") if cfg.setting == "image+box" else ("image",)
+        missing = {net: c.missing(cfg.scales, np.unique(np.concatenate([data.views[v] for v in views])))
+                   for net, c in self.caches.items()}
+        missing = {n: m for n, m in missing.items() if m}
+        if missing:
+            net, by_scale = next(iter(missing.items()))
+            q, rows = next(iter(by_scale.items()))
+            raise CacheError(f"Net-{net} descriptors missing for {len(rows)} images at Q={q} "
+                             f"(e.g. {data.ids[rows[0]]}); compute them with:\n  " + self.extract_command(folder))
+        self.views = views
+
+    def extract_command(self, folder) -> str:
+        cfg = self.cfg
+        weights = ",".join(f"{n}={cfg.weights.get(n, 'torchvision')}" for n in cfg.nets)
+        return (f"featx extract --dataset {self.data.name} --net {','.join(cfg.nets)} "
+                f"--scales {','.join(map(str, cfg.scales))} --weights {weights} --out {folder}")
+
+    def __call__(self, samples: np.ndarray) -> np.ndarray:
+        """L2-normalised descriptors of these samples: nets fused per view; views (whole image,
+        person box) stacked and normalised again."""
+        views = []
+        for view in self.views:
+            rows = self.data.views[view][samples]
+            per_net = [aggregate(c.load(self.cfg.scales, rows=rows), self.cfg.aggregate)
+                       for c in self.caches.values()]
+            views.append(l2_normalize(fuse(*per_net)))
+        return views[0] if len(views) == 1 else l2_normalize(fuse(*views))
+
+
+def _score(task, model, X, y, n_classes):
+    s = model.decision_function(X)
+    if task == "multilabel":
+        return per_class_ap(s, y)
+    return {"recall": class_recalls(y, model.classes_[s.argmax(1)], n_classes)}
+
+
+def _headline(task, scores):
+    key = "ap11" if task == "multilabel" else "recall"
+    return nanmean(scores[key])
+
+
+def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
+    results = {}
+    for c in cfg.c_grid:
+        model = OneVsRestSVM(C=c, solver=cfg.solver, device=cfg.device).fit(Xtr, ytr)
+        results[c] = _headline(task, _score(task, model, Xva, yva, n_classes))
+        log(f"  C={c:<6g} validation {'mAP' if task == 'multilabel' else 'MCR'} {100 * results[c]:.2f}")
+    best = max(results, key=lambda c: (results[c], -c))  # ties: the smaller C
+    return best, results
+
+
+def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
+    """Run the dataset's protocol; returns a JSON-able result (with the trained model)."""
+    if data.name.startswith("voc2012-action") and cfg.setting not in ("image", "image+box"):
+        raise ConfigError("setting must be 'image' or 'image+box'")
+    start = time.perf_counter()
+    desc = Descriptors(data, folder, cfg)
+    n_classes = len(data.classes)
+    runs = []
+    if data.name.startswith("caltech"):
+        k = 1
+        while f"train{k}" in data.splits:
+            tr, va, tv, te = (data.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
+            log(f"split {k}: train {len(tr)}, val {len(va)}, test {len(te)}")
+            best, grid = _choose_c(cfg, data.task, desc(tr), data.labels[tr], desc(va), data.labels[va], n_classes, log)
+            model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(desc(tv), data.labels[tv])
+            scores = _score(data.task, model, desc(te), data.labels[te], n_classes)
+            runs.append({"split": k, "C": best, "validation": grid, "scores": scores, "model": model,
+                         "trained_on": f"trainval{k}", "evaluated_on": f"test{k}"})
+            k += 1
+    else:
+        if "test" in data.splits:  # VOC-2007
+            tr, va, fit_on, ev = data.splits["train"], data.splits["val"], data.splits["trainval"], data.splits["test"]
+            names = ("train", "val", "trainval", "test")
+        else:  # VOC-2012: test withheld -> choose C inside train, report val
+            train = data.splits["train"]
+            held = np.random.default_rng(0).random(len(train)) < 0.2
+            tr, va, fit_on, ev = train[~held], train[held], train, data.splits["val"]
+            names = ("80% of train", "20% of train", "train", "val")
+        log(f"C chosen by training on {names[0]} ({len(tr)}) and scoring {names[1]} ({len(va)})")
+        best, grid = _choose_c(cfg, data.task, desc(tr), data.labels[tr], desc(va), data.labels[va], n_classes, log)
+        model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(desc(fit_on), data.labels[fit_on])
+        scores = _score(data.task, model, desc(ev), data.labels[ev], n_classes)
+        runs.append({"split": None, "C": best, "validation": grid, "scores": scores, "model": model,
+                     "trained_on": names[2], "evaluated_on": names[3]})
+    headline = [100 * _headline(data.task, r["scores"]) for r in runs]
+    key = ",".join(cfg.nets) + (f"/{cfg.setting}" if data.name == "voc2012-action" else "")
+    return {
+        "dataset": data.name, "config": asdict(cfg), "runs": runs,
+        "metric": "mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
+        "headline": float(np.mean(headline)), "headline_std": float(np.std(headline)) if len(runs) > 1 else None,
+        "paper": PAPER.get(data.name, {}).get(key), "classes": list(data.classes),
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _versions():
+    import sklearn
+    import torch
+    from . import __version__
+    return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform()}
+
+
+def write_results(result: dict, out_dir: Path, run_name: str) -> list[Path]:
+    """results/<dataset>/<run>.{csv,md,json} and the trained classifiers (.joblib)."""
+    import joblib
+    import pandas as pd
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in result["runs"]:
+        for c, cls in enumerate(result["classes"]):
+            row = {"split": r["split"], "class": cls}
+            row.update({k: float(v[c]) for k, v in r["scores"].items()})
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    csv_path = out_dir / f"{run_name}.csv"
+    table.to_csv(csv_path, index=False)
+    meta = {k: v for k, v in result.items() if k != "runs"}
+    meta["runs"] = [{k: v for k, v in r.items() if k not in ("model", "scores")}
+                    | {"mean": {k: nanmean(v) for k, v in r["scores"].items()}} for r in result["runs"]]
+    meta["versions"] = _versions()
+    json_path = out_dir / f"{run_name}.json"
+    json_path.write_text(json.dumps(meta, indent=2, default=str))
+    md_path = out_dir / f"{run_name}.md"
+    md_path.write_text(render_markdown(result, table, run_name))
+    model_path = out_dir / f"{run_name}.joblib"
+    joblib.dump({"config": result["config"], "classes": result["classes"],
+                 "models": [r["model"] for r in result["runs"]]}, model_path)
+    return [csv_path, md_path, json_path, model_path]
+
+
+def headline_text(result: dict) -> str:
+    h = f"{result['headline']:.1f}"
+    if result["headline_std"] is not None:
+        h += f" ± {result['headline_std']:.1f}"
+    paper = result["paper"]
+    if paper is None:
+        ref = "no paper figure for this configuration"
+    elif isinstance(paper, tuple) or isinstance(paper, list):
+        ref = f"paper {paper[0]} ± {paper[1]} (difference {result['headline'] - paper[0]:+.1f})"
+    else:
+        ref = f"paper {paper} (difference {result['headline'] - paper:+.1f})"
+    where = result["runs"][0]["evaluated_on"]
+    return f"{result['dataset']} {result['metric']} on {where}: {h}  [{ref}]"
+
+
+def render_markdown(result: dict, table, run_name: str) -> str:
+    cfg = result["config"]
+    lines = [f"# {result['dataset']}: {run_name}", "", headline_text(result), "",
+             f"- nets {', '.join(cfg['nets'])}; weights {cfg['weights']}; scales {cfg['scales']}; "
+             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result['dataset'] == 'voc2012-action' else ""),
+             f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
+             + ", ".join(f"{r['C']:g}" for r in result["runs"]),
+             f"- trained on {result['runs'][0]['trained_on']}, evaluated on {result['runs'][0]['evaluated_on']}",
+             "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",
+             "|---|" + "---|" * (len(table.columns) - 2)]
+    per_class = table.drop(columns="split").groupby("class", sort=False).mean()
+    for cls, row in per_class.iterrows():
+        lines.append(f"| {cls} | " + " | ".join(f"{100 * v:.1f}" for v in row.values) + " |")
+    return "\n".join(lines) + "\n"
