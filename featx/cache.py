@@ -183,10 +183,11 @@ class DescriptorCache:
         if ids is not None:
             rows = self.rows(ids)
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        absent = [q for q in scales if q not in self.scales]
+        have = self.scales
+        absent = [q for q in scales if q not in have]
         if absent:
             raise CacheError(f"{self.path} holds no descriptors at Q={absent[0]} "
-                             f"(it has {self.scales or 'none'})")
+                             f"(it has {have or 'none'})")
         missing = self.missing(scales, rows)
         if missing:
             q, todo = next(iter(missing.items()))

@@ -93,6 +93,12 @@ class Descriptors:
         return views[0] if len(views) == 1 else l2_normalize(fuse(*views))
 
 
+def _subset(X_all: np.ndarray, all_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Rows of X_all (descriptors of samples all_rows) for the samples `rows` (a subset)."""
+    order = np.argsort(all_rows)
+    return X_all[order[np.searchsorted(all_rows[order], rows)]]
+
+
 def _score(task, model, X, y, n_classes):
     s = model.decision_function(X)
     if task == "multilabel":
@@ -128,8 +134,10 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
         while f"train{k}" in data.splits:
             tr, va, tv, te = (data.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
             log(f"split {k}: train {len(tr)}, val {len(va)}, test {len(te)}")
-            best, grid = _choose_c(cfg, data.task, desc(tr), data.labels[tr], desc(va), data.labels[va], n_classes, log)
-            model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(desc(tv), data.labels[tv])
+            Xtv = desc(tv)  # train and val are parts of it: read from the caches once
+            best, grid = _choose_c(cfg, data.task, _subset(Xtv, tv, tr), data.labels[tr],
+                                   _subset(Xtv, tv, va), data.labels[va], n_classes, log)
+            model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(Xtv, data.labels[tv])
             scores = _score(data.task, model, desc(te), data.labels[te], n_classes)
             runs.append({"split": k, "C": best, "validation": grid, "scores": scores, "model": model,
                          "trained_on": f"trainval{k}", "evaluated_on": f"test{k}"})
@@ -144,8 +152,10 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
             tr, va, fit_on, ev = train[~held], train[held], train, data.splits["val"]
             names = ("80% of train", "20% of train", "train", "val")
         log(f"C chosen by training on {names[0]} ({len(tr)}) and scoring {names[1]} ({len(va)})")
-        best, grid = _choose_c(cfg, data.task, desc(tr), data.labels[tr], desc(va), data.labels[va], n_classes, log)
-        model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(desc(fit_on), data.labels[fit_on])
+        X_fit = desc(fit_on)  # holds the train and validation parts: read once
+        best, grid = _choose_c(cfg, data.task, _subset(X_fit, fit_on, tr), data.labels[tr],
+                               _subset(X_fit, fit_on, va), data.labels[va], n_classes, log)
+        model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(X_fit, data.labels[fit_on])
         scores = _score(data.task, model, desc(ev), data.labels[ev], n_classes)
         runs.append({"split": None, "C": best, "validation": grid, "scores": scores, "model": model,
                      "trained_on": names[2], "evaluated_on": names[3]})
