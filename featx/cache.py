@@ -353,7 +353,6 @@ def _extract_locked(extractor, items, ids, path, name, rows, strict, progress, o
             group["status"][done[order]] = np.where(np.isin(done, batch.indices), DONE, FAILED)[order]
             f.flush()
             summary.computed += len(batch.indices)
-            summary.failures.update({int(i): r for i, r in batch.failures.items()})
             if on_batch is not None:
                 on_batch(batch)
             if strict and batch.failures:

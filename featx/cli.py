@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import time
 from pathlib import Path
 
 import click
@@ -147,8 +145,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
       featx extract --images photos/ --net E --weights vgg19.pth --preprocess caffe --out e.h5
       featx extract --dataset voc2007 --net D,E --scales 256:768 --split trainval,test
     """
-    from .cache import cache_file, extract_to_cache
-    from .extract import Extractor
+    from .cache import cache_file
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -165,7 +162,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
             out = resolve_cache_dir(cache_dir, None) / name
     else:
         from .datasets import data_root, load_dataset
-        data = load_dataset(dataset, data_root(root))
+        data = load_dataset(dataset, root)
         items, ids, name = data.items, data.ids, data.name
         if split:
             rows = data.rows_of(split.split(","))
@@ -174,16 +171,27 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     if single_file and len(nets) > 1:
         raise click.UsageError(f"--out {out} is one file but {len(nets)} nets were asked for; "
                                "give a folder (one file per net) or one net")
-    progress = not quiet
+    extract_nets(nets, weights, items, ids, name,
+                 lambda net: out if single_file else cache_file(out, net, weights[net]),
+                 rows=rows, strict=strict, progress=not quiet, scales=scales, flip=not no_flip,
+                 preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
+                 workers=workers)
+
+
+def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=False, progress=True,
+                 preprocess=None, **extractor_options):
+    """Run extract_to_cache for each net into path_for(net), then print each summary."""
+    from .cache import extract_to_cache
+    from .extract import Extractor
+
     summaries = []
     for net in nets:
-        ex = Extractor(net, scales=scales, flip=not no_flip, weights=weights[net],
-                       preprocess=preprocess[net], device=device, dtype=dtype,
-                       batch_size=batch_size, workers=workers, progress=progress)
-        path = out if single_file else cache_file(out, net, weights[net])
+        ex = Extractor(net, weights=weights[net], preprocess=(preprocess or {}).get(net),
+                       progress=progress, **extractor_options)
+        path = path_for(net)
         if progress:
             click.echo(f"Net-{net} ({ex.weights.source} weights, {ex.preprocess.name} preprocessing) "
-                       f"on {ex.device}, Q = {', '.join(map(str, scales))} -> {path}", err=True)
+                       f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}", err=True)
         summaries.append(extract_to_cache(ex, items, ids, path, name=name, rows=rows,
                                           strict=strict, progress=progress))
     for s in summaries:
@@ -192,6 +200,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
             click.echo(f"  failed: {reason}")
         if len(s.failures) > 10:
             click.echo(f"  ... and {len(s.failures) - 10} more (featx info {s.path} --failures)")
+    return summaries
 
 
 # -- featx info ---------------------------------------------------------------------------------
@@ -306,11 +315,11 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     Writes RESULTS_DIR/<dataset>/<run-name>.{csv,md,json} and the classifiers (.joblib, for
     featx predict).
     """
-    from .cache import cache_file, extract_to_cache
+    from .cache import cache_file
     from .datasets import data_root, load_dataset
     from .experiment import Config, headline_text, run, write_results
+    from .extract import resolve_device
     from .metrics import nanmean
-    from .extract import Extractor
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -320,16 +329,13 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
         grid = tuple(float(c) for c in c_grid.split(","))
     except ValueError:
         raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas") from None
-    from .extract import resolve_device
     device = str(resolve_device(device))
     data = load_dataset(dataset, root)
     folder = resolve_cache_dir(cache_dir, data_root(root)) / data.name
     if do_extract:
-        for net in nets:
-            ex = Extractor(net, scales=scales, weights=weights[net], preprocess=preprocess[net],
-                           device=device, progress=True)
-            click.echo(str(extract_to_cache(ex, data.items, data.ids, cache_file(folder, net, weights[net]),
-                                            name=data.name)), err=True)
+        extract_nets(nets, weights, data.items, data.ids, data.name,
+                     lambda net: cache_file(folder, net, weights[net]),
+                     preprocess=preprocess, scales=scales, device=device)
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
                  preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device)
     result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
@@ -337,7 +343,6 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
                                     + ([setting.replace("+", "")] if data.name == "voc2012-action" else []))
     paths = write_results(result, results_dir / data.name, run_name)
     r = result["runs"][0]
-    key = "ap11" if data.task == "multilabel" else "recall"
     click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in r["scores"]))
     for c, cls in enumerate(data.classes):
         vals = [nanmean([run_["scores"][k][c] for run_ in result["runs"]]) for k in r["scores"]]

@@ -73,3 +73,11 @@ def test_subset_picks_the_rows_of_samples_in_any_order():
     samples = np.array([7, 3, 9, 1, 5, 0, 2, 4, 6, 8])
     X = samples[:, None] * 10.0  # descriptors of `samples`, in that order
     assert _subset(X, samples, np.array([1, 2, 9]))[:, 0].tolist() == [10.0, 20.0, 90.0]
+
+
+def test_svm_extract_computes_missing_descriptors_first(tmp_path):
+    make_caltech(tmp_path, "caltech101", per_class=(32, 33), real_images=True)
+    r = run("svm", "caltech101", "--net", "T", "--weights", "random", "--scales", "224", "--root", tmp_path,
+            "--extract", "--c-grid", "1", "--results-dir", tmp_path / "results")
+    assert r.exit_code == 0, r.output
+    assert "computed 65, reused 0, failed 0" in r.output and "mean class recall on test1" in r.output
