@@ -324,7 +324,7 @@ def read_split(path: Path, ids) -> dict[str, np.ndarray]:
 # -- generic ------------------------------------------------------------------------------------
 
 def load_class_folders(path: Path) -> Dataset:
-    """DIR/<class>/<image>: one class per folder, every image in the split 'all'."""
+    """DIR/<class>/<image>: one class per folder; three seeded held-out splits (holdout_splits)."""
     if not path.is_dir():
         raise DatasetError(f"{path}: no such folder (expected DIR/<class>/<image files>)")
     classes = tuple(sorted(p.name for p in path.iterdir() if p.is_dir()))
@@ -335,8 +335,36 @@ def load_class_folders(path: Path) -> Dataset:
         labels += [c] * len(files)
     if not ids:
         raise DatasetError(f"{path}: no images in class folders")
+    labels = np.asarray(labels, dtype=np.int64)
     return Dataset(path.name, path, [str(path / i) for i in ids], ids, classes, "multiclass",
-                   np.asarray(labels), {"all": np.arange(len(ids))})
+                   labels, holdout_splits(labels, classes, where=path))
+
+
+def holdout_splits(labels: np.ndarray, classes, n_splits: int = N_SPLITS, where=None) -> dict:
+    """Caltech-style splits for a collection without its own: seeded (k = 1..n_splits), per
+    class half of the images train (20% of those validation, for C), the rest test.
+    Multi-label collections are split without stratification."""
+    splits = {}
+    for k in range(1, n_splits + 1):
+        rng = np.random.default_rng(k)
+        groups = ([np.flatnonzero(labels == c) for c in range(len(classes))] if labels.ndim == 1
+                  else [np.arange(len(labels))])
+        part = {"train": [], "val": [], "test": []}
+        for c, rows in enumerate(groups):
+            if len(rows) < 4:
+                what = f"{where}/{classes[c]}" if labels.ndim == 1 else str(where)
+                raise DatasetError(f"{what}: {len(rows)} images; at least 4 are needed to train, "
+                                   "choose C and test")
+            rows = rows[rng.permutation(len(rows))]
+            n_train = len(rows) // 2
+            n_val = max(1, int(round(VAL_FRACTION * n_train)))
+            part["val"] += list(rows[:n_val])
+            part["train"] += list(rows[n_val:n_train])
+            part["test"] += list(rows[n_train:])
+        for name, rows in part.items():
+            splits[f"{name}{k}"] = np.sort(np.asarray(rows, dtype=np.int64))
+        splits[f"trainval{k}"] = np.union1d(splits[f"train{k}"], splits[f"val{k}"])
+    return splits
 
 
 def load_csv(path: Path) -> Dataset:
@@ -372,8 +400,14 @@ def load_csv(path: Path) -> Dataset:
     splits = {}
     for r, (_, _, s) in enumerate(rows):
         splits.setdefault(s, []).append(r)
+    splits = {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()}
+    if set(splits) == {"all"}:  # no split column: held-out splits as for a class folder
+        splits = holdout_splits(labels, classes, where=path)
+    elif "train" not in splits or not ({"val", "test"} & set(splits)):
+        raise DatasetError(f"{path}: the split column names {', '.join(sorted(splits))}; "
+                           "use train and test (and optionally val), or leave the column out")
     return Dataset(path.stem, path.parent, items, ids, classes, "multilabel" if multilabel else "multiclass",
-                   labels, {k: np.asarray(v) for k, v in splits.items()})
+                   labels, splits)
 
 
 # -- registry, download -------------------------------------------------------------------------

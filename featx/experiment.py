@@ -6,6 +6,9 @@ VOC-2012 (classification and action): the test labels are withheld, so C is chos
   20% of train, the SVMs are refit on train and **val** mAP is reported (and labelled so).
 Caltech-101/256: per split, C chosen on its 20% validation part, refit on the whole training
   part, mean class recall on test; mean ± std over the three splits.
+A folder or CSV collection without its own splits gets three seeded held-out splits (half of
+  each class to train, 20% of that to choose C) and the Caltech protocol; a CSV with train and
+  val/test splits gets the VOC one.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
 
+PROVENANCE_KEYS = ("weights", "weights_file", "weights_sha256", "preprocess", "flip", "dtype", "created")
 DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 # Paper, Tables 11 and 12 (mAP or mean class recall, %; Caltech: mean, std over splits).
 PAPER = {
@@ -61,6 +65,11 @@ class Descriptors:
                 raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  "
                                  + self.extract_command(folder))
             self.caches[net] = DescriptorCache(path)
+            # A classifier must see the descriptors it was trained on: record how they were made.
+            made = self.caches[net].attrs.get("preprocess")
+            if cfg.preprocess.get(net) not in (None, made):
+                raise ConfigError(f"{path} was computed with {made} preprocessing, not {cfg.preprocess[net]}")
+            cfg.preprocess[net] = made
             if self.caches[net].ids != list(data.ids):
                 raise CacheError(f"{path} was made for another version of {data.name} "
                                  f"({len(self.caches[net])} images, here {len(data.ids)})")
@@ -129,7 +138,7 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
     desc = Descriptors(data, folder, cfg)
     n_classes = len(data.classes)
     runs = []
-    if data.name.startswith("caltech"):
+    if "train1" in data.splits:  # Caltech, and held-out splits of a folder or CSV collection
         k = 1
         while f"train{k}" in data.splits:
             tr, va, tv, te = (data.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
@@ -143,14 +152,21 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
                          "trained_on": f"trainval{k}", "evaluated_on": f"test{k}"})
             k += 1
     else:
-        if "test" in data.splits:  # VOC-2007
-            tr, va, fit_on, ev = data.splits["train"], data.splits["val"], data.splits["trainval"], data.splits["test"]
+        splits = data.splits
+        if {"train", "val", "test"} <= set(splits):  # VOC-2007 (or a CSV with all three)
+            tr, va, ev = splits["train"], splits["val"], splits["test"]
+            fit_on = splits["trainval"] if "trainval" in splits else np.union1d(tr, va)
             names = ("train", "val", "trainval", "test")
-        else:  # VOC-2012: test withheld -> choose C inside train, report val
-            train = data.splits["train"]
+        elif "train" in splits and ({"val", "test"} & set(splits)):
+            # VOC-2012: test withheld -> choose C inside train, report val; a CSV's train/test likewise
+            train = splits["train"]
             held = np.random.default_rng(0).random(len(train)) < 0.2
-            tr, va, fit_on, ev = train[~held], train[held], train, data.splits["val"]
-            names = ("80% of train", "20% of train", "train", "val")
+            evaluated = "test" if "test" in splits else "val"
+            tr, va, fit_on, ev = train[~held], train[held], train, splits[evaluated]
+            names = ("80% of train", "20% of train", "train", evaluated)
+        else:
+            raise ConfigError(f"{data.name} has the splits {', '.join(splits)}; featx svm needs "
+                              "train and val/test, or train1/val1/test1...")
         log(f"C chosen by training on {names[0]} ({len(tr)}) and scoring {names[1]} ({len(va)})")
         X_fit = desc(fit_on)  # holds the train and validation parts: read once
         best, grid = _choose_c(cfg, data.task, _subset(X_fit, fit_on, tr), data.labels[tr],
@@ -166,6 +182,7 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
         "metric": "mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
         "headline": float(np.mean(headline)), "headline_std": float(np.std(headline)) if len(runs) > 1 else None,
         "paper": PAPER.get(data.name, {}).get(key), "classes": list(data.classes),
+        "descriptors": {net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
         "seconds": time.perf_counter() - start,
     }
 
@@ -197,12 +214,13 @@ def write_results(result: dict, out_dir: Path, run_name: str) -> list[Path]:
     meta["runs"] = [{k: v for k, v in r.items() if k not in ("model", "scores")}
                     | {"mean": {k: nanmean(v) for k, v in r["scores"].items()}} for r in result["runs"]]
     meta["versions"] = _versions()
+    meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
     json_path = out_dir / f"{run_name}.json"
     json_path.write_text(json.dumps(meta, indent=2, default=str))
     md_path = out_dir / f"{run_name}.md"
     md_path.write_text(render_markdown(result, table, run_name))
     model_path = out_dir / f"{run_name}.joblib"
-    joblib.dump({"config": result["config"], "classes": result["classes"],
+    joblib.dump({"config": result["config"], "classes": result["classes"], "descriptors": result["descriptors"],
                  "models": [r["model"] for r in result["runs"]]}, model_path)
     return [csv_path, md_path, json_path, model_path]
 
@@ -219,6 +237,8 @@ def headline_text(result: dict) -> str:
     else:
         ref = f"paper {paper} (difference {result['headline'] - paper:+.1f})"
     where = result["runs"][0]["evaluated_on"]
+    if len(result["runs"]) > 1:
+        where = ", ".join(r["evaluated_on"] for r in result["runs"]) + " (mean ± std)"
     return f"{result['dataset']} {result['metric']} on {where}: {h}  [{ref}]"
 
 

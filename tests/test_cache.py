@@ -11,7 +11,7 @@ import pytest
 from filelock import FileLock
 
 from featx import CacheError, Extractor, ImageError
-from featx.cache import DONE, FAILED, TODO, DescriptorCache, extract_to_cache
+from featx.cache import DONE, FAILED, DescriptorCache, extract_to_cache
 
 from conftest import make_image
 

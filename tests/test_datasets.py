@@ -114,16 +114,30 @@ def test_caltech_class_too_small(tmp_path):
 
 
 def test_generic_folder_and_csv(tmp_path):
-    for cls, n in (("cats", 2), ("dogs", 3)):
+    for cls, n in (("cats", 4), ("dogs", 11)):
         for i in range(n):
             (tmp_path / "pets" / cls).mkdir(parents=True, exist_ok=True)
-            (tmp_path / "pets" / cls / f"{i}.jpg").write_bytes(b"")
+            (tmp_path / "pets" / cls / f"{i:02d}.jpg").write_bytes(b"")
     d = load_dataset(f"folder:{tmp_path / 'pets'}")
-    assert d.ids[0] == "cats/0.jpg" and d.labels.tolist() == [0, 0, 1, 1, 1]
+    assert d.ids[0] == "cats/00.jpg" and d.labels.tolist() == [0] * 4 + [1] * 11
+    # held-out splits: per class half trains (20% of it, at least one, validates), the rest tests
+    for k in (1, 2, 3):
+        tr, va, tv, te = (d.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
+        assert np.bincount(d.labels[tr]).tolist() == [1, 4] and np.bincount(d.labels[va]).tolist() == [1, 1]
+        assert np.bincount(d.labels[te]).tolist() == [2, 6]
+        assert np.array_equal(np.sort(np.concatenate([tv, te])), np.arange(15))
+    assert not np.array_equal(d.splits["test1"], d.splits["test2"])
+    assert all(np.array_equal(load_dataset(f"folder:{tmp_path / 'pets'}").splits[k], v) for k, v in d.splits.items())
+    (tmp_path / "pets" / "cats" / "00.jpg").unlink()
+    with pytest.raises(DatasetError, match=r"pets/cats: 3 images; at least 4 are needed"):
+        load_dataset(f"folder:{tmp_path / 'pets'}")
     (tmp_path / "set.csv").write_text("path,labels,split\na.jpg,cat;dog,train\nb.jpg,dog,test\n")
     d = load_dataset(f"csv:{tmp_path / 'set.csv'}")
     assert d.task == "multilabel" and d.labels.tolist() == [[1, 1], [-1, 1]]
     assert d.items[0] == str(tmp_path / "a.jpg") and d.splits["test"].tolist() == [1]
+    (tmp_path / "odd.csv").write_text("path,labels,split\na.jpg,cat,train\nb.jpg,dog,later\n")
+    with pytest.raises(DatasetError, match=r"odd.csv: the split column names later, train; use train and test"):
+        load_dataset(f"csv:{tmp_path / 'odd.csv'}")
     (tmp_path / "bad.csv").write_text("path,labels\na.jpg,\n")
     with pytest.raises(DatasetError, match=r"bad.csv:2: expected 2 fields with a label"):
         load_dataset(f"csv:{tmp_path / 'bad.csv'}")

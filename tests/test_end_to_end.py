@@ -49,7 +49,7 @@ def test_caltech_extract_then_svm(tmp_path):
     r = run("svm", "caltech101", *common, "--aggregate", "stack", "--results-dir", tmp_path / "results",
             "--solver", "liblinear", "--c-grid", "1")
     assert r.exit_code == 0, r.output
-    assert "caltech101 mean class recall on test1:" in r.output and " ± " in r.output
+    assert "caltech101 mean class recall on test1, test2, test3 (mean ± std):" in r.output and " ± " in r.output
     meta = json.loads((tmp_path / "results" / "caltech101" / "T-224-224x1-stack.json").read_text())
     assert [x["split"] for x in meta["runs"]] == [1, 2, 3] and meta["headline_std"] is not None
 
@@ -81,3 +81,26 @@ def test_svm_extract_computes_missing_descriptors_first(tmp_path):
             "--extract", "--c-grid", "1", "--results-dir", tmp_path / "results")
     assert r.exit_code == 0, r.output
     assert "computed 65, reused 0, failed 0" in r.output and "mean class recall on test1" in r.output
+
+
+def test_class_folder_extract_then_svm(tmp_path):
+    """A user's own collection: folder:DIR gets three held-out splits and the Caltech protocol."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c, (cls, low) in enumerate((("dark", 0), ("bright", 150))):
+        for i in range(8):
+            a = rng.integers(low, low + 100, (200 + 20 * (i % 2), 260, 3), dtype=np.uint8)
+            (tmp_path / "mine" / cls).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(tmp_path / "mine" / cls / f"{i}.png")
+    dataset = f"folder:{tmp_path / 'mine'}"
+    common = ["--net", "T", "--weights", "random", "--scales", "224", "--root", tmp_path]
+    r = run("extract", "--dataset", dataset, *common, "-q")
+    assert r.exit_code == 0 and "computed 16, reused 0" in r.output, r.output
+    r = run("svm", dataset, *common, "--c-grid", "0.1,10", "--results-dir", tmp_path / "results")
+    assert r.exit_code == 0, r.output
+    assert "mine mean class recall on test1, test2, test3 (mean ± std): 100.0 ± 0.0  [no paper figure" in r.output
+    meta = json.loads((tmp_path / "results" / "mine" / "T-224-224x1-mean.json").read_text())
+    assert [x["trained_on"] for x in meta["runs"]] == ["trainval1", "trainval2", "trainval3"]
+    table = pd.read_csv(tmp_path / "results" / "mine" / "T-224-224x1-mean.csv")
+    assert table["recall"].tolist() == [1.0] * 6 and table["class"].tolist()[:2] == ["bright", "dark"]

@@ -7,7 +7,6 @@ from sklearn.svm import LinearSVC
 
 from featx import VGGDescriptor
 
-from conftest import make_image
 
 
 def two_class_images(tmp_path, n=8):

@@ -1,5 +1,4 @@
 import socket
-from pathlib import Path
 
 import h5py
 import numpy as np
