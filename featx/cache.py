@@ -143,6 +143,11 @@ class DescriptorCache:
         except KeyError as e:
             raise CacheError(f"{self.path} has no image with id {e.args[0]!r}") from None
 
+    def sizes(self) -> np.ndarray:
+        """(n, 2) upright (h, w) of every image; -1s where it could not be read."""
+        with self._open() as f:
+            return f["sizes"][()]
+
     def status(self, q: int) -> np.ndarray:
         with self._open() as f:
             if str(q) not in f.get("scales", {}):

@@ -1,7 +1,6 @@
 import socket
 
 import click
-import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -93,3 +92,33 @@ def test_strict(tmp_path, photos):
     r = run("extract", "--images", photos, "--net", "T", "--weights", "random", "--scales", "224",
             "--out", tmp_path / "s.h5", "--strict", "-q")
     assert r.exit_code == 1 and "broken.jpg: not an image" in r.output
+
+
+def test_demo_runs_on_real_sample_photos(tmp_path):
+    pytest.importorskip("skimage")
+    out = tmp_path / "demo"
+    args = ["demo", "--out", str(out), "--net", "T", "--weights", "random", "--per-class", "6", "--scales", "224"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "wrote 12 real photographs (face, nonface)" in r.output and "computed 12, reused 0" in r.output
+    assert "lfw-faces-6 mean class recall on test1, test2, test3 (mean ± std):" in r.output
+    assert sorted(p.name for p in (out / "lfw-faces-6" / "face").iterdir())[:2] == ["000.png", "001.png"]
+    assert (out / "results" / "lfw-faces-6" / "T-224-224x1-mean.json").is_file()
+    r = CliRunner().invoke(main, args)  # a rerun reuses the images and the cache
+    assert r.exit_code == 0 and "computed 0, reused 12" in r.output
+
+
+def test_demo_offline_without_weights_says_what_to_do(tmp_path, monkeypatch):
+    pytest.importorskip("skimage")
+    import urllib.error
+
+    import torch
+
+    def offline(*a, **k):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    r = CliRunner().invoke(main, ["demo", "--out", str(tmp_path / "demo"), "--per-class", "4"])
+    assert r.exit_code == 1
+    assert "cannot download https://download.pytorch.org/models/vgg16-397923af.pth" in r.output
+    assert "Offline, give featx demo a weights file: --net E --weights E=/path/vgg19.pth --preprocess caffe" in r.output

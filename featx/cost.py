@@ -1,0 +1,109 @@
+"""What extraction will cost (SPEC.md section 5): FLOPs counted from the layer shapes, and a
+time estimate from a throughput rate (measured here, or given)."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .images import target_size
+from .nets import NetSpec, get_spec
+
+
+def forward_flops(spec: NetSpec | str, h: int, w: int) -> int:
+    """2 x multiply-adds of one dense forward pass on an h x w input (conv stack, fc6 as a
+    7x7 conv, fc7 as a 1x1 conv; pools, ReLUs and the average pool are negligible)."""
+    spec = get_spec(spec)
+    flops, c = 0, 3
+    for v in spec.layers:
+        if v == "M":
+            h, w = h // 2, w // 2
+        else:
+            flops += 2 * h * w * 9 * c * v
+            c = v
+    oh, ow = h - spec.fc6_window + 1, w - spec.fc6_window + 1
+    return flops + 2 * oh * ow * (c * spec.fc6_window ** 2 * spec.fc_dim + spec.fc_dim * spec.fc_dim)
+
+
+def descriptor_flops(spec, size: tuple[int, int], q: int, flip: bool = True) -> int:
+    """FLOPs of one image's descriptor at scale Q (size: the image's (h, w))."""
+    return forward_flops(spec, *target_size(size, q)) * (2 if flip else 1)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, device="cpu", dtype=None) -> float:
+    """The fp32 (or dtype) matrix-multiply rate of a device in GFLOP/s (on CPU: with all the
+    threads torch uses): the ceiling a conv net's forward pass can approach."""
+    import torch
+    device = torch.device(device)
+    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    torch.mm(a, b)  # warm-up
+    sync()
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    sync()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+# Fraction of the matrix-multiply ceiling that extraction reaches on CPU
+# (bench/extract.py: 72% for Net-D at Q=256, batch 8, 2 threads).
+CPU_EFFICIENCY = 0.7
+
+
+@dataclass
+class ExtractionCost:
+    """Work left for one net on one image set: image x scale pairs to compute and their FLOPs."""
+
+    net: str
+    cache: Path
+    pairs: int  # image x scale pairs not in the cache yet
+    cached: int  # pairs already there
+    flops: float
+
+    def seconds(self, gflops: float) -> float:
+        return self.flops / (gflops * 1e9)
+
+
+def extraction_cost(net: str, items, scales, cache_path: Path, rows=None, sizes=None,
+                    flip: bool = True) -> ExtractionCost:
+    """Count what `featx extract` would compute for these rows: the cache's record of what is
+    done and of image sizes where it exists; otherwise image headers are read (`sizes`, when
+    given, saves that)."""
+    from .cache import DescriptorCache, _read_sizes
+
+    rows = np.arange(len(items)) if rows is None else np.asarray(rows, dtype=np.int64)
+    todo = {int(q): rows for q in scales}
+    if Path(cache_path).is_file():
+        cache = DescriptorCache(cache_path)
+        todo = {q: cache.missing([q], rows).get(q, np.empty(0, np.int64)) for q in todo}
+        sizes = cache.sizes()
+    elif sizes is None:
+        read, _ = _read_sizes(items, 8, False, "")
+        sizes = np.array([s if s else (-1, -1) for s in read])
+    flops = sum(descriptor_flops(net, tuple(sizes[r]), q, flip) for q, rs in todo.items()
+                for r in rs if sizes[r][0] > 0)
+    pairs = sum(len(rs) for rs in todo.values())
+    return ExtractionCost(net, Path(cache_path), pairs, len(rows) * len(todo) - pairs, float(flops))
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def tflop(flops: float) -> str:
+    t = flops / 1e12
+    return f"{t:,.0f}" if t >= 100 else f"{t:.3g}"

@@ -1,0 +1,152 @@
+"""Declarative experiments: one TOML file per run of the paper's Appendix B (pipelines/).
+
+    # pipelines/voc2007-D.toml
+    table = "table11"            # table11, table12 or ablation
+    row = "Net-D"                # where the number goes in the report
+    dataset = "voc2007"
+    nets = ["D"]
+    weights = { D = "torchvision" }
+    scales = [256, 384, 512, 640, 768]
+    aggregate = "mean"
+    c_grid = [0.01, 0.1, 1, 10]
+    metric = "map"               # map (VOC) or mcr (Caltech)
+    paper = 89.3                 # the paper's figure (Caltech: [mean, std])
+
+Files are validated on load; every error names the file and the key.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .datasets import DATASETS
+from .errors import ConfigError
+from .aggregate import AGGREGATIONS
+from .experiment import DEFAULT_C_GRID, Config
+from .nets import NETS
+
+TABLES = ("table11", "table12", "ablation")
+METRICS = {"map": "mAP", "mcr": "mean class recall"}
+FIELDS = {"table", "row", "dataset", "nets", "weights", "scales", "aggregate", "setting", "c_grid",
+          "metric", "paper", "note", "baseline"}
+REQUIRED = ("table", "row", "dataset", "nets", "scales", "aggregate", "metric")
+
+
+@dataclass
+class Pipeline:
+    name: str  # the file's stem: results/<dataset>/<name>.*
+    path: Path
+    table: str
+    row: str
+    dataset: str
+    nets: tuple
+    scales: tuple
+    aggregate: str
+    metric: str
+    weights: dict = field(default_factory=dict)
+    setting: str = "image"
+    c_grid: tuple = DEFAULT_C_GRID
+    paper: float | tuple | None = None
+    note: str = ""
+    baseline: str = ""  # ablations: the pipeline they are compared with
+
+    def config(self, solver: str = "torch", device: str = "cpu") -> Config:
+        return Config(dataset=self.dataset, nets=self.nets, scales=self.scales, aggregate=self.aggregate,
+                      weights={n: self.weights.get(n, "torchvision") for n in self.nets},
+                      setting=self.setting, solver=solver, c_grid=self.c_grid, device=device)
+
+
+def load_pipeline(path) -> Pipeline:
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such pipeline file") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML ({e})") from None
+
+    def bad(key, why):
+        return ConfigError(f"{path}: {key} {why}")
+
+    unknown = sorted(set(raw) - FIELDS)
+    if unknown:
+        raise bad(unknown[0], f"is not a pipeline key (known: {', '.join(sorted(FIELDS))})")
+    for key in REQUIRED:
+        if key not in raw:
+            raise bad(key, "is missing")
+    for key in ("table", "row", "dataset", "aggregate", "metric", "setting", "note", "baseline"):
+        if key in raw and not isinstance(raw[key], str):
+            raise bad(key, f"must be a string, got {raw[key]!r}")
+    if raw["table"] not in TABLES:
+        raise bad("table", f"must be one of {', '.join(TABLES)}, got {raw['table']!r}")
+    if raw["dataset"] not in DATASETS:
+        raise bad("dataset", f"must be one of {', '.join(DATASETS)}, got {raw['dataset']!r}")
+    nets = raw["nets"]
+    if not (isinstance(nets, list) and nets and all(n in NETS for n in nets) and len(set(nets)) == len(nets)):
+        raise bad("nets", f"must be a list of distinct nets from {', '.join(NETS)}, got {nets!r}")
+    scales = raw["scales"]
+    if not (isinstance(scales, list) and scales and all(isinstance(q, int) and q >= 224 for q in scales)):
+        raise bad("scales", f"must be a list of integers >= 224, got {scales!r}")
+    if raw["aggregate"] not in AGGREGATIONS:
+        raise bad("aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {raw['aggregate']!r}")
+    if raw["metric"] not in METRICS:
+        raise bad("metric", f"must be one of {', '.join(METRICS)}, got {raw['metric']!r}")
+    expected = "mcr" if raw["dataset"].startswith("caltech") else "map"
+    if raw["metric"] != expected:
+        raise bad("metric", f"for {raw['dataset']} is {expected}, not {raw['metric']}")
+    setting = raw.get("setting", "image")
+    if setting not in ("image", "image+box") or (setting != "image" and raw["dataset"] != "voc2012-action"):
+        raise bad("setting", "is image or image+box, and image+box is for voc2012-action only")
+    weights = raw.get("weights", {})
+    if not (isinstance(weights, dict) and set(weights) <= set(nets) and all(isinstance(v, str) for v in weights.values())):
+        raise bad("weights", f"must be a table net = source for the nets {nets}, got {weights!r}")
+    grid = raw.get("c_grid", list(DEFAULT_C_GRID))
+    if not (isinstance(grid, list) and grid and all(isinstance(c, (int, float)) and c > 0 for c in grid)):
+        raise bad("c_grid", f"must be a list of positive numbers, got {grid!r}")
+    paper = raw.get("paper")
+    if paper is not None:
+        ok = (isinstance(paper, (int, float)) if expected == "map"
+              else isinstance(paper, list) and len(paper) == 2 and all(isinstance(p, (int, float)) for p in paper))
+        if not ok:
+            raise bad("paper", "must be a number (mAP) or, for Caltech, [mean, std]")
+        paper = tuple(paper) if isinstance(paper, list) else float(paper)
+    return Pipeline(name=path.stem, path=path, table=raw["table"], row=raw["row"], dataset=raw["dataset"],
+                    nets=tuple(nets), scales=tuple(scales), aggregate=raw["aggregate"], metric=raw["metric"],
+                    weights=dict(weights), setting=setting, c_grid=tuple(float(c) for c in grid),
+                    paper=paper, note=raw.get("note", ""), baseline=raw.get("baseline", ""))
+
+
+def pipelines_dir(option=None) -> Path:
+    """--pipelines, $FEATX_PIPELINES, ./pipelines, or the ones beside the featx source."""
+    for candidate in (option, os.environ.get("FEATX_PIPELINES"), "pipelines",
+                      Path(__file__).resolve().parent.parent / "pipelines"):
+        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.toml")):
+            return Path(candidate)
+    raise ConfigError("no pipelines folder found (looked at --pipelines, $FEATX_PIPELINES, ./pipelines "
+                      "and beside the featx source)")
+
+
+def all_pipelines(folder: Path) -> list[Pipeline]:
+    return [load_pipeline(p) for p in sorted(Path(folder).glob("*.toml"))]
+
+
+def select(targets, folder: Path) -> list[Pipeline]:
+    """Pipelines named by targets: table11, table12, ablation(s), all, a name, or a .toml path."""
+    every = all_pipelines(folder)
+    chosen = []
+    for t in targets:
+        if t == "all":
+            picked = every
+        elif t.rstrip("s") in TABLES:
+            picked = [p for p in every if p.table == t.rstrip("s")]
+        elif t.endswith(".toml"):
+            picked = [load_pipeline(t)]
+        else:
+            picked = [p for p in every if p.name == t]
+            if not picked:
+                raise ConfigError(f"no pipeline {t!r} in {folder}: give table11, table12, ablation, all, "
+                                  f"a .toml file or one of {', '.join(p.name for p in every)}")
+        chosen += [p for p in picked if p.name not in {c.name for c in chosen}]
+    return chosen

@@ -1,0 +1,169 @@
+"""Pipeline files, the cost model, featx reproduce (dry run and real) and the report."""
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from featx.cli import main
+from featx.cost import descriptor_flops, forward_flops
+from featx.errors import ConfigError
+from featx.pipeline import all_pipelines, load_pipeline, select
+from featx.reproduce import plan
+
+from minitrees import make_caltech, make_voc
+
+REPO_PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
+
+
+def test_every_shipped_pipeline_loads_and_validates():
+    ps = all_pipelines(REPO_PIPELINES)
+    names = {p.name for p in ps}
+    assert len(ps) == 20
+    table11 = select(["table11"], REPO_PIPELINES)
+    assert sorted(p.name for p in table11) == sorted(f"{d}-{n}" for d in ("voc2007", "voc2012", "caltech101", "caltech256")
+                                                     for n in ("D", "E", "DE"))
+    assert {p.setting for p in select(["table12"], REPO_PIPELINES)} == {"image", "image+box"}
+    for p in ps:
+        assert p.baseline in names | {""}
+        assert (p.paper is not None) == (p.table != "ablation")
+        assert p.aggregate == ("mean" if p.dataset.startswith("voc") else "stack") or p.table == "ablation"
+    de = load_pipeline(REPO_PIPELINES / "voc2007-DE.toml")
+    assert de.nets == ("D", "E") and de.scales == (256, 384, 512, 640, 768) and de.paper == 89.7
+    assert load_pipeline(REPO_PIPELINES / "caltech256-E.toml").paper == (85.1, 0.3)
+    cfg = de.config(solver="liblinear")
+    assert cfg.weights == {"D": "torchvision", "E": "torchvision"} and cfg.solver == "liblinear"
+
+
+GOOD = '''table = "table11"
+row = "Net-T"
+dataset = "voc2007"
+nets = ["T"]
+weights = { T = "random" }
+scales = [224, 256]
+aggregate = "mean"
+c_grid = [0.1, 1]
+metric = "map"
+'''
+
+
+@pytest.mark.parametrize("change, message", [
+    (('nets = ["T"]', 'nets = ["T", "T"]'), r"bad.toml: nets must be a list of distinct nets"),
+    (('scales = [224, 256]', 'scales = [200]'), r"bad.toml: scales must be a list of integers >= 224"),
+    (('metric = "map"', 'metric = "mcr"'), r"bad.toml: metric for voc2007 is map, not mcr"),
+    (('aggregate = "mean"', 'aggregate = "median"'), r"bad.toml: aggregate must be one of mean, stack, max"),
+    (('c_grid = [0.1, 1]', 'c_grid = [0, 1]'), r"bad.toml: c_grid must be a list of positive numbers"),
+    (('row = "Net-T"', 'rows = "Net-T"'), r"bad.toml: rows is not a pipeline key"),
+    (('table = "table11"\n', ''), r"bad.toml: table is missing"),
+    (('dataset = "voc2007"', 'dataset = "imagenet"'), r"bad.toml: dataset must be one of voc2007"),
+    (('weights = { T = "random" }', 'weights = { E = "random" }'), r"bad.toml: weights must be a table"),
+    (('scales = [224, 256]', 'scales = [224, 256'), r"bad.toml: not valid TOML"),
+    (('metric = "map"', 'metric = "map"\nsetting = "image+box"'), r"image\+box is for voc2012-action only"),
+])
+def test_invalid_pipelines_name_the_file_and_key(tmp_path, change, message):
+    (tmp_path / "bad.toml").write_text(GOOD.replace(*change))
+    with pytest.raises(ConfigError, match=message):
+        load_pipeline(tmp_path / "bad.toml")
+
+
+def test_select_unknown_name(tmp_path):
+    (tmp_path / "voc2007-T.toml").write_text(GOOD)
+    assert [p.name for p in select(["all"], tmp_path)] == ["voc2007-T"]
+    with pytest.raises(ConfigError, match="no pipeline 'voc2007-X'.*voc2007-T"):
+        select(["voc2007-X"], tmp_path)
+
+
+def hand_count_flops(h, w):
+    """The tiny net T of conftest, layer by layer: conv 3x3 (4, M, 8, M, 8, 8, M, 8, M, 8, M),
+    then fc6 as a 7x7 conv (8 -> 16) and fc7 as a 1x1 conv (16 -> 16); 2 FLOPs per MAC."""
+    f = 2 * 9 * (h * w * 3 * 4)
+    h, w = h // 2, w // 2
+    f += 2 * 9 * (h * w * 4 * 8)
+    h, w = h // 2, w // 2
+    f += 2 * 9 * (h * w * 8 * 8) * 2
+    h, w = h // 2, w // 2
+    f += 2 * 9 * (h * w * 8 * 8)
+    h, w = h // 2, w // 2
+    f += 2 * 9 * (h * w * 8 * 8)
+    h, w = h // 2, w // 2
+    positions = (h - 6) * (w - 6)
+    return f + 2 * positions * (8 * 49 * 16 + 16 * 16)
+
+
+def test_flops_against_hand_counts():
+    assert forward_flops("D", 224, 224) == 30_932_336_640  # VGG16: the usual 15.47 GMAC
+    assert forward_flops("T", 224, 298) == hand_count_flops(224, 298)
+    # a 300x225 (w x h) image at Q = 256 becomes 256 x 341, mirrored as well
+    assert descriptor_flops("T", (225, 300), 256) == 2 * hand_count_flops(256, 341)
+
+
+def test_dry_run_counts_what_is_not_cached(tmp_path):
+    ids = tuple(f"{i:06d}" for i in range(1, 7))
+    make_voc(tmp_path, trainval=ids[:4], test=ids[4:], real_images=True)  # 300x225 and 225x300 alternately
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "voc2007-T.toml").write_text(GOOD)
+    cache = tmp_path / "featx-cache"
+    (job, cost, note), = plan(all_pipelines(pipes), tmp_path, cache)
+    by_hand = 3 * (2 * hand_count_flops(224, 298) + 2 * hand_count_flops(256, 341)) * 2  # 2 orientations
+    assert (job.net, job.scales, cost.pairs, cost.cached, note) == ("T", (224, 256), 12, 0, "")
+    assert cost.flops == by_hand
+    r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root",
+                                  str(tmp_path), "--gflops", "1"])
+    assert r.exit_code == 0, r.output
+    assert "voc2007         T   random       224,256                            12        0" in r.output
+    assert f"total: 12 image x scale pairs (flips included in FLOPs), {by_hand / 1e12:.3g} TFLOP" in r.output
+    # compute one scale; the dry run then counts only the other one
+    r = CliRunner().invoke(main, ["extract", "--dataset", "voc2007", "--net", "T", "--weights", "random",
+                                  "--scales", "256", "--root", str(tmp_path), "-q"])
+    assert r.exit_code == 0, r.output
+    (_, cost, _), = plan(all_pipelines(pipes), tmp_path, cache)
+    assert (cost.pairs, cost.cached) == (6, 6) and cost.flops == 3 * 2 * hand_count_flops(224, 298) * 2
+
+
+def test_reproduce_end_to_end_writes_the_report(tmp_path):
+    make_voc(tmp_path, trainval=tuple(f"{i:06d}" for i in range(1, 25)),
+             test=tuple(f"{i:06d}" for i in range(25, 41)), real_images=True)
+    make_caltech(tmp_path, "caltech101", per_class=(32, 34), real_images=True)
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "voc2007-T.toml").write_text(GOOD + "paper = 89.3\n")
+    (pipes / "voc2007-T-max.toml").write_text(GOOD.replace('"table11"', '"ablation"').replace('"mean"', '"max"')
+                                              .replace('"Net-T"', '"max"') + 'baseline = "voc2007-T"\n')
+    (pipes / "caltech101-T.toml").write_text(GOOD.replace("voc2007", "caltech101").replace('"map"', '"mcr"')
+                                             .replace("[224, 256]", "[224]").replace('"mean"', '"stack"')
+                                             + "paper = [91.8, 1.0]\n")
+    (pipes / "caltech256-T.toml").write_text(GOOD.replace("voc2007", "caltech256").replace('"map"', '"mcr"'))
+    args = ["reproduce", "all", "--pipelines", pipes, "--root", tmp_path, "--results-dir", tmp_path / "results", "-q"]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 1 and "1 of 4 pipelines not run" in r.output, r.output
+    assert "skipped caltech256-T: caltech256 not found" in r.output
+    assert "voc2007-T: voc2007 mAP (VOC-2007 11-point AP) on test:" in r.output and "[paper 89.3 (difference" in r.output
+    assert "computed 80, reused 0" in r.output  # 40 images x {224, 256}, once for both VOC pipelines
+    results = tmp_path / "results"
+    report = (results / "README.md").read_text()
+    meta = json.loads((results / "voc2007" / "voc2007-T.json").read_text())
+    ours = f"{meta['headline']:.1f}"
+    assert f"| Net-T | voc2007 | 89.3 | {ours} | {meta['headline'] - 89.3:+.1f} |" in report
+    assert "| Net-T | caltech256 | — | not run | — |" in report
+    caltech = json.loads((results / "caltech101" / "caltech101-T.json").read_text())
+    assert f"| {caltech['headline']:.1f} ± {caltech['headline_std']:.1f} |" in report
+    maxed = json.loads((results / "voc2007" / "voc2007-T-max.json").read_text())
+    assert f"{maxed['headline'] - meta['headline']:+.1f} vs voc2007-T" in report
+    assert meta["pipeline"] == "voc2007-T" and meta["command"].startswith("featx reproduce all --dry-run") is False
+    for png in ("voc2007-T-per-class.png", "voc2007-T-max-per-class.png", "ablation-voc2007.png"):
+        assert f"(figures/{png})" in report
+        with Image.open(results / "figures" / png) as im:
+            assert im.format == "PNG" and im.size[0] > 300
+    # everything is reused the second time; a featx svm run elsewhere shows up under "Other runs"
+    r = CliRunner().invoke(main, [str(a) for a in ["reproduce", "voc2007-T"] + args[2:]])
+    assert r.exit_code == 0 and "computed 0, reused 80" in r.output, r.output
+    r = CliRunner().invoke(main, ["svm", "voc2007", "--net", "T", "--weights", "random", "--scales", "224",
+                                  "--root", str(tmp_path), "--results-dir", str(results), "--c-grid", "1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["report", "--results-dir", str(results), "--pipelines", str(pipes)])
+    assert r.exit_code == 0
+    assert ("| voc2007 | [T-224-224x1-mean](voc2007/T-224-224x1-mean.md) | mAP (VOC-2007 11-point AP) "
+            in (results / "README.md").read_text())
+    assert "`featx svm voc2007 --net T --scales 224 --weights random --c-grid 1 --root" in (results / "README.md").read_text()
