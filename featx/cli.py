@@ -108,7 +108,7 @@ def resolve_cache_dir(option: str | None, root: Path | None = None) -> Path:
 def command_of(ctx: click.Context) -> str:
     """The command line that gave these parameters (defaults left out), for result files."""
     import shlex
-    parts = ["featx", *ctx.command_path.split()[1:]]
+    parts = ["featx", ctx.info_name]
     for p in ctx.command.params:
         value = ctx.params.get(p.name)
         if value is None or value is False or value == p.default or p.name == "help":
@@ -359,7 +359,8 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
                  preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device)
     result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
-    result["command"] = command_of(click.get_current_context())
+    ctx = click.get_current_context()
+    result["command"] = ctx.meta.get("featx.command") or command_of(ctx)
     run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
                                     + ([setting.replace("+", "")] if data.name == "voc2012-action" else []))
     paths = write_results(result, results_dir / data.name, run_name)
@@ -433,6 +434,7 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
     from .demo import write_lfw_faces
     from .errors import WeightsError
 
+    ctx.meta["featx.command"] = command_of(ctx)  # what the results record as their origin
     folder = write_lfw_faces(out / f"lfw-faces-{per_class}", per_class)
     click.echo(f"wrote {2 * per_class} real photographs (face, nonface) to {folder}", err=True)
     try:

@@ -249,7 +249,9 @@ def render_markdown(result: dict, table, run_name: str) -> str:
              f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result['dataset'] == 'voc2012-action' else ""),
              f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
              + ", ".join(f"{r['C']:g}" for r in result["runs"]),
-             f"- trained on {result['runs'][0]['trained_on']}, evaluated on {result['runs'][0]['evaluated_on']}",
+             f"- trained on {', '.join(r['trained_on'] for r in result['runs'])}; evaluated on "
+             f"{', '.join(r['evaluated_on'] for r in result['runs'])}",
+             f"- command: `{result.get('command') or 'featx Python API'}`",
              "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",
              "|---|" + "---|" * (len(table.columns) - 2)]
     per_class = table.drop(columns="split").groupby("class", sort=False).mean()

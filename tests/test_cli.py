@@ -1,3 +1,4 @@
+import json
 import socket
 
 import click
@@ -103,7 +104,8 @@ def test_demo_runs_on_real_sample_photos(tmp_path):
     assert "wrote 12 real photographs (face, nonface)" in r.output and "computed 12, reused 0" in r.output
     assert "lfw-faces-6 mean class recall on test1, test2, test3 (mean ± std):" in r.output
     assert sorted(p.name for p in (out / "lfw-faces-6" / "face").iterdir())[:2] == ["000.png", "001.png"]
-    assert (out / "results" / "lfw-faces-6" / "T-224-224x1-mean.json").is_file()
+    meta = json.loads((out / "results" / "lfw-faces-6" / "T-224-224x1-mean.json").read_text())
+    assert meta["command"] == f"featx demo --out {out} --net T --weights random --per-class 6 --scales 224"
     r = CliRunner().invoke(main, args)  # a rerun reuses the images and the cache
     assert r.exit_code == 0 and "computed 0, reused 12" in r.output
 
