@@ -480,6 +480,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     """
     from .cost import CPU_EFFICIENCY, format_duration, matmul_gflops, tflop
     from .datasets import data_root
+    from .experiment import headline_text
     from .extract import resolve_device
     from .pipeline import all_pipelines, pipelines_dir, select
     from .report import write_report
@@ -513,7 +514,6 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
                                      batch_size=batch_size, progress=not quiet,
                                      command=command_of(click.get_current_context()),
                                      log=lambda m: click.echo(m, err=True))
-    from .experiment import headline_text
     for name, result in results.items():
         click.echo(f"{name}: {headline_text(result)}")
     report = write_report(results_dir, all_pipelines(folder))
