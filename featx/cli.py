@@ -497,13 +497,10 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
                    f"{'TFLOP':>10}{'time':>10}  note")
         for job, c, note in costs:
-            if c is None:
-                click.echo(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
-                           f"{'?':>11}{'?':>9}{'?':>10}{'?':>10}  {note}")
-                continue
+            cells = (("?",) * 4 if c is None else
+                     (c.pairs, c.cached, tflop(c.flops), format_duration(c.seconds(rate))))
             click.echo(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
-                       f"{c.pairs:>11}{c.cached:>9}{tflop(c.flops):>10}{format_duration(c.seconds(rate)):>10}"
-                       f"  {note}")
+                       f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}  {note}")
         total = sum(c.flops for _, c, _ in costs if c is not None)
         click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
                    f"FLOPs), {tflop(total)} TFLOP, about {format_duration(total_seconds(costs, rate))} "
