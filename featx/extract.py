@@ -138,7 +138,8 @@ class Extractor:
     # -- extraction -------------------------------------------------------------------------
 
     def extract(self, images: Sequence) -> np.ndarray:
-        """Descriptors of `images` (paths, PIL images or HxWx3 uint8 arrays) at every scale.
+        """Descriptors of `images` (paths, encoded bytes, PIL images or HxWx3 uint8 arrays) at
+        every scale.
 
         Returns float32 (n_images, n_scales, dim), flip-averaged and not normalised.
         Raises ImageError naming the first image that cannot be read.
@@ -152,6 +153,20 @@ class Extractor:
             out[batch.indices, self.scales.index(batch.scale)] = batch.descriptors
         return out
 
+    def plan(self, sizes: Sequence, scales=None, skip=None) -> list[tuple[int, list[np.ndarray]]]:
+        """[(Q, [row indices of each forward pass])]: the batches iter_batches runs, scale by
+        scale; every engine runs this same plan, so they all give the same numbers."""
+        scales = self.scales if scales is None else check_scales(scales, self.spec)
+        skip = skip or {}
+        out = []
+        for q in scales:
+            batches = plan_batches(sizes, q, self.batch_size)
+            if q in skip:
+                batches = [b[~skip[q][b]] for b in batches]
+                batches = [b for b in batches if len(b)]
+            out.append((q, batches))
+        return out
+
     def iter_batches(self, images: Sequence, sizes: Sequence, scales=None,
                      skip=None) -> Iterator[Batch]:
         """Yield one Batch per forward pass, scale by scale.
@@ -162,15 +177,9 @@ class Extractor:
             ones it committed. Leave an image out of the plan altogether with size None.
         An image that fails to decode is reported in its Batch's `failures`, not raised.
         """
-        scales = self.scales if scales is None else check_scales(scales, self.spec)
-        skip = skip or {}
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="featx-load")
         try:
-            for q in scales:
-                batches = plan_batches(sizes, q, self.batch_size)
-                if q in skip:
-                    batches = [b[~skip[q][b]] for b in batches]
-                    batches = [b for b in batches if len(b)]
+            for q, batches in self.plan(sizes, scales, skip):
                 total = sum(len(b) for b in batches)
                 with tqdm(total=total, desc=f"Net-{self.spec.name} Q={q}", unit="img",
                           disable=not self.progress or total == 0, leave=False) as bar:

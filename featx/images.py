@@ -13,6 +13,7 @@ Decisions, stated once:
 """
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from dataclasses import dataclass
@@ -66,13 +67,16 @@ def _open(item, index=None) -> Image.Image:
             raise ImageError(f"{name}: arrays must be HxW or HxWx3 uint8, got "
                              f"{item.dtype} of shape {item.shape}")
         return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
-    path = Path(item.path if isinstance(item, Crop) else item)
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(item)  # an encoded file held in memory
+    else:
+        source = Path(item.path if isinstance(item, Crop) else item)
     try:
-        if path.is_file() and path.stat().st_size == 0:
+        if isinstance(source, Path) and source.is_file() and source.stat().st_size == 0:
             raise ImageError(f"{name}: empty file (0 bytes)")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
     except ImageError:
         raise
     except FileNotFoundError:

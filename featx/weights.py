@@ -122,6 +122,11 @@ def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = 
     chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
     if preprocess is not None and chosen is None:
         raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision'")
+    if isinstance(weights, Weights):  # already loaded (e.g. shipped to a Ray worker)
+        if chosen is not None and chosen != weights.preprocess:
+            raise WeightsError(f"these weights come with {weights.preprocess.name} preprocessing, "
+                               f"not {preprocess!r}")
+        return weights
     if isinstance(weights, str) and weights in ("torchvision", "caffe"):
         fixed = PREPROCESS[weights]
         if chosen is not None and chosen != fixed:

@@ -100,3 +100,14 @@ def test_crop_region(tmp_path):
     assert np.array_equal(np.asarray(load_rgb(crop)), np.asarray(Image.open(p))[20:70, 10:110])
     with pytest.raises(ImageError, match=r"box \(0, 0, 400, 10\) lies outside the 300x240 image"):
         read_size(Crop(str(p), (0, 0, 400, 10)))
+
+
+def test_encoded_bytes_read_like_the_file(tmp_path):
+    path = make_image(tmp_path / "a.png", (300, 240), seed=3)
+    data = path.read_bytes()
+    assert read_size(data) == read_size(path) == (240, 300)
+    np.testing.assert_array_equal(load_resized(data, 224), load_resized(path, 224))
+    with pytest.raises(ImageError, match=r"image #4: not an image \(unrecognised format\)"):
+        read_size(b"junk", 4)
+    with pytest.raises(ImageError, match="truncated or corrupt"):
+        load_rgb(data[:2000], 0)
