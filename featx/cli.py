@@ -148,8 +148,18 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (default: record it, go on).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process. ray: shards of the same work on a Ray cluster's workers, "
+                   "written into the same cache (needs pip install 'featx[ray]').")
+@click.option("--address", help="[ray] Cluster to join: auto (the one this machine is in), "
+                                "ray://HOST:10001 (Ray Client) [env RAY_ADDRESS; default: a new local instance].")
+@click.option("--num-workers", type=int, help="[ray] Actors, each holding one net "
+                                              "[GPUs / --gpus-per-worker, or CPUs / up to 8 per actor].")
+@click.option("--gpus-per-worker", type=float, default=0, help="[ray] GPUs per actor (0: CPU actors).")
+@click.option("--cpus-per-worker", type=int, help="[ray] CPU cores per actor (torch threads, decoding).")
 def extract(images, dataset, root, split, nets, scales, weights, preprocess, out, cache_dir, device,
-            dtype, batch_size, workers, no_flip, strict, quiet):
+            dtype, batch_size, workers, no_flip, strict, quiet, engine, address, num_workers,
+            gpus_per_worker, cpus_per_worker):
     """Compute dense VGG descriptors into an HDF5 cache (resumable).
 
     Each image is rescaled so its short side is Q, run densely through the net, the fc7 map
@@ -162,6 +172,8 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     Examples:
       featx extract --images photos/ --net E --weights vgg19.pth --preprocess caffe --out e.h5
       featx extract --dataset voc2007 --net D,E --scales 256:768 --split trainval,test
+      featx extract --dataset caltech256 --net D,E --scales 256:512 --engine ray \\
+          --address auto --gpus-per-worker 1
     """
     from .cache import cache_file
 
@@ -189,18 +201,29 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     if single_file and len(nets) > 1:
         raise click.UsageError(f"--out {out} is one file but {len(nets)} nets were asked for; "
                                "give a folder (one file per net) or one net")
+    ray_options = dict(address=address, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
+                       cpus_per_worker=cpus_per_worker)
+    if engine == "local":
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_options.items() if v]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
+        ray_options = {}
     extract_nets(nets, weights, items, ids, name,
                  lambda net: out if single_file else cache_file(out, net, weights[net]),
                  rows=rows, strict=strict, progress=not quiet, scales=scales, flip=not no_flip,
                  preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
-                 workers=workers)
+                 workers=workers, engine=engine, **ray_options)
 
 
 def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=False, progress=True,
-                 preprocess=None, **extractor_options):
+                 preprocess=None, engine="local", **extractor_options):
     """Run extract_to_cache for each net into path_for(net), then print each summary."""
     from .cache import extract_to_cache
-    from .extract import Extractor
+
+    if engine == "ray":
+        from .distributed import RayExtractor as Extractor
+    else:
+        from .extract import Extractor
 
     summaries = []
     for net in nets:

@@ -23,3 +23,7 @@ class DatasetError(FeatxError):
 
 class ConfigError(FeatxError, ValueError):
     """An argument has a value featx cannot use (also a ValueError for Python callers)."""
+
+
+class EngineError(FeatxError):
+    """A distributed run failed on its workers; rows already committed are kept."""

@@ -1,0 +1,193 @@
+"""The Ray engine on a local Ray instance (2 CPUs, tiny net): same file as the local engine,
+survives a worker killed mid-run, reuses everything on a rerun; the Ray Dataset entry point."""
+import os
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import TINY, make_image
+from featx.cache import DescriptorCache
+from featx.cli import main
+from featx.errors import ConfigError
+from featx.extract import Extractor
+
+KILL_FILE = "FEATX_TEST_KILL_FILE"
+
+
+def kill_once_hook():
+    """Runs in every Ray worker: while the file named by $FEATX_TEST_KILL_FILE exists, the first
+    worker to decode its third image removes the file and SIGKILLs itself (a crash mid-shard)."""
+    import featx.extract
+
+    armed = os.environ.get(KILL_FILE)
+    if not armed:
+        return
+    original, calls = featx.extract.load_resized, [0]
+
+    def load_resized(item, q, index=None):
+        calls[0] += 1
+        if calls[0] == 3:
+            try:
+                os.unlink(armed)  # only one worker wins the race
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
+        return original(item, q, index)
+
+    featx.extract.load_resized = load_resized
+
+
+@pytest.fixture(scope="module")
+def ray_local(tmp_path_factory):
+    try:
+        import ray
+        import ray.cloudpickle
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        pytest.skip(f"Ray Data is not installed ({e}): pip install 'featx[ray]'")
+    kill_file = tmp_path_factory.mktemp("ray") / "kill-armed"
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # tests/ is not importable there
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {KILL_FILE: str(kill_file)},
+                              "worker_process_setup_hook": kill_once_hook})
+    except Exception as e:
+        pytest.skip(f"a local Ray instance cannot start here: {type(e).__name__}: {e}")
+    yield kill_file
+    ray.shutdown()
+
+
+@pytest.fixture
+def image_set(tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(14):
+        make_image(folder / f"im{i:02d}.png", (300, 225) if i % 3 else (225, 300), seed=i)
+    trunc = make_image(folder / "trunc.jpg", (300, 240), fmt="JPEG")
+    trunc.write_bytes(trunc.read_bytes()[:1500])  # header fine, pixels cut: fails in a worker
+    (folder / "text.jpg").write_text("not an image")  # fails when sizes are read
+    return folder
+
+
+def _extract(args):
+    result = CliRunner().invoke(main, ["extract", "--net", "T", "--weights", "random:0",
+                                       "--scales", "224,256", "--batch-size", "2", "-q", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _contents(path):
+    c = DescriptorCache(path)
+    return c.load([224, 256], rows=np.flatnonzero(c.status(224) == 1)), \
+        [c.status(q) for q in (224, 256)], c.errors()
+
+
+def test_ray_engine_writes_the_local_file_survives_a_killed_worker_and_resumes(ray_local, image_set,
+                                                                              tmp_path):
+    _extract(["--images", str(image_set), "--out", str(tmp_path / "local.h5")])
+    ray_local.touch()  # arm: one worker dies decoding its third image
+    out = _extract(["--images", str(image_set), "--out", str(tmp_path / "ray.h5"),
+                    "--engine", "ray", "--num-workers", "2"])
+    assert not ray_local.exists(), "no worker was killed: the test proved nothing"
+    assert "computed 28, reused 0, failed 4" in out
+
+    local, ray_ = _contents(tmp_path / "local.h5"), _contents(tmp_path / "ray.h5")
+    assert local[0].shape == (14, 2, 16)
+    np.testing.assert_array_equal(ray_[0], local[0])  # bit-identical, not merely close
+    for a, b in zip(local[1], ray_[1]):
+        np.testing.assert_array_equal(a, b)
+    assert ray_[2] == local[2]
+    assert set(ray_[2]) == {"text.jpg", "trunc.jpg"}
+    assert "truncated or corrupt" in ray_[2]["trunc.jpg"]
+
+    again = _extract(["--images", str(image_set), "--out", str(tmp_path / "ray.h5"),
+                      "--engine", "ray", "--num-workers", "2"])
+    assert "computed 0, reused 28, failed 4" in again
+
+
+def test_ray_engine_resumes_a_file_the_local_engine_started(ray_local, image_set, tmp_path):
+    _extract(["--images", str(image_set), "--out", str(tmp_path / "c.h5"), "--scales", "224"])
+    out = _extract(["--images", str(image_set), "--out", str(tmp_path / "c.h5"),
+                    "--engine", "ray", "--num-workers", "1"])
+    assert "computed 14, reused 14, failed 4" in out
+    _extract(["--images", str(image_set), "--out", str(tmp_path / "all-local.h5")])
+    np.testing.assert_array_equal(_contents(tmp_path / "c.h5")[0],
+                                  _contents(tmp_path / "all-local.h5")[0])
+
+
+def test_a_failing_worker_is_one_clear_error_and_loses_nothing(ray_local, image_set, tmp_path):
+    from featx.cache import extract_to_cache
+    from featx.distributed import RayExtractor
+    from featx.errors import EngineError
+
+    paths = sorted(str(p) for p in image_set.glob("im*.png"))
+    ids = [Path(p).name for p in paths]
+    path = tmp_path / "c.h5"
+    extract_to_cache(Extractor(TINY, scales=(224,), weights="random:0"), paths[:4], ids[:4],
+                     tmp_path / "small.h5", progress=False)
+    # "meta" tensors have no values: every forward pass fails when it copies its result out
+    broken = RayExtractor(TINY, scales=(224,), weights="random:0", device="meta", num_workers=1)
+    with pytest.raises(EngineError, match="the Ray run failed on a worker: .*meta"):
+        extract_to_cache(broken, paths, ids, path, progress=False)
+    assert DescriptorCache(path).counts()[224] == {"done": 0, "failed": 0, "todo": 14}
+    good = RayExtractor(TINY, scales=(224,), weights="random:0", num_workers=1)
+    s = extract_to_cache(good, paths, ids, path, progress=False)
+    assert (s.computed, s.reused, s.failed) == (14, 0, 0)
+    np.testing.assert_array_equal(DescriptorCache(path).load(rows=range(4)),
+                                  DescriptorCache(tmp_path / "small.h5").load())
+
+
+def test_cuda_on_ray_needs_gpus_per_worker():
+    pytest.importorskip("ray.data")
+    from featx.distributed import RayExtractor
+
+    with pytest.raises(ConfigError, match="needs --gpus-per-worker"):
+        RayExtractor(TINY, scales=(224,), weights="random:0", device="cuda")
+
+
+def test_descriptors_of_a_ray_dataset_of_paths_and_bytes(ray_local, image_set):
+    import ray
+
+    from featx.distributed import descriptors
+
+    paths = sorted(str(p) for p in image_set.glob("im0*.png"))[:5]
+    by_path = ray.data.from_items([{"image": p, "key": i} for i, p in enumerate(paths)])
+    by_bytes = ray.data.from_items([{"image": Path(paths[0]).read_bytes(), "key": 5},
+                                    {"image": b"junk", "key": 6}])
+    out = []
+    for ds in (by_path, by_bytes):
+        out += descriptors(ds, TINY, (224, 256), weights="random:0", num_workers=1,
+                           rows_per_call=8).take_all()
+    out = sorted(out, key=lambda r: r["key"])
+    assert [r["key"] for r in out] == list(range(7))
+    want = Extractor(TINY, scales=(224, 256), weights="random:0").extract(paths + [paths[0]])
+    got = np.stack([r["descriptor"] for r in out[:6]])
+    assert got.shape == (6, 2, 16)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert [r["error"] for r in out[:6]] == [""] * 6
+    assert out[6]["error"] == "not an image (unrecognised format)"
+    assert np.isnan(out[6]["descriptor"]).all()
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch, images, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    from featx.distributed import require_ray
+
+    with pytest.raises(ConfigError, match=r"pip install 'featx\[ray\]'"):
+        require_ray()
+    result = CliRunner().invoke(main, ["extract", "--images", str(images[0].parent), "--net", "T",
+                                       "--weights", "random:0", "--scales", "224", "--engine", "ray",
+                                       "--out", str(tmp_path / "x.h5")])
+    assert result.exit_code == 1 and "featx[ray]" in result.output
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_ray_options_need_the_ray_engine(images, tmp_path):
+    result = CliRunner().invoke(main, ["extract", "--images", str(images[0].parent), "--net", "T",
+                                       "--weights", "random:0", "--num-workers", "2",
+                                       "--out", str(tmp_path / "x.h5")])
+    assert result.exit_code == 2 and "--num-workers apply to --engine ray only" in result.output
