@@ -27,7 +27,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
 from featx.cache import DescriptorCache  # noqa: E402
 from featx.images import load_rgb, target_size  # noqa: E402
-from featx.nets import NETS, NetSpec  # noqa: E402
+from featx.nets import NETS  # noqa: E402
+
+from common import SMOKE, write_voc_like  # noqa: E402  (bench/common.py)
 
 
 def main():
@@ -39,18 +41,12 @@ def main():
     p.add_argument("--smoke", action="store_true", help="8 small images, Q=224, for CI")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
-    rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n = 8 if a.smoke else a.images
         if a.smoke:
             a.scale = 224
-        for i in range(n):
-            shape = (375, 500) if i % 2 == 0 else (500, 375)
-            # smooth-ish content so JPEG decoding costs what a photo costs
-            base = rng.integers(0, 256, (shape[0] // 25, shape[1] // 25, 3), dtype=np.uint8)
-            Image.fromarray(base).resize(shape[::-1], Image.BICUBIC).save(tmp / f"{i:05d}.jpg", quality=90)
-        paths = sorted(str(p) for p in tmp.glob("*.jpg"))
+        paths = write_voc_like(tmp, n)
         env = dict(os.environ)
         cmd = [sys.executable, "-m", "featx", "extract", "--images", str(tmp), "--net", a.net,
                "--weights", "random", "--scales", str(a.scale), "--out", str(tmp / "out.h5"), "-q",
@@ -121,7 +117,6 @@ def main():
                           {"part": "start-up", "seconds": startup}]}, f, indent=2)
 
 
-SMOKE = NetSpec("S", "smoke", (4, "M", 8, "M", 8, "M", 8, "M", 8, "M"), fc_dim=16, num_classes=10)
 SMOKE_WRAPPER = f"""
 import sys
 from featx.nets import NETS, NetSpec

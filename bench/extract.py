@@ -30,11 +30,12 @@ from featx import Extractor  # noqa: E402
 from featx.cost import descriptor_flops, matmul_gflops  # noqa: E402
 from featx.extract import DTYPES, resolve_device  # noqa: E402
 from featx.images import target_size  # noqa: E402
-from featx.nets import NETS, DenseVGG, NetSpec, random_state_dict  # noqa: E402
+from featx.nets import NETS, DenseVGG, random_state_dict  # noqa: E402
 from featx.weights import TORCHVISION  # noqa: E402
 
+from common import SMOKE  # noqa: E402  (bench/common.py)
+
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-SMOKE = NetSpec("S", "smoke", (4, "M", 8, "M", 8, "M", 8, "M", 8, "M"), fc_dim=16, num_classes=10)
 
 
 def naive(spec, images, q, device):

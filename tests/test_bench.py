@@ -9,8 +9,10 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", ["extract.py", "classifiers.py", "end_to_end.py"])
+@pytest.mark.parametrize("script", ["extract.py", "classifiers.py", "end_to_end.py", "engines.py"])
 def test_bench_script_smoke(script, tmp_path):
+    if script == "engines.py":
+        pytest.importorskip("ray.data", reason="the engines benchmark needs pip install 'featx[ray]'")
     out = tmp_path / "out.json"
     r = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--json", str(out)],
                        capture_output=True, text=True, timeout=300, cwd=tmp_path)
