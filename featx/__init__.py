@@ -10,7 +10,7 @@ from .nets import NETS, DenseVGG, NetSpec
 from .transform import VGGDescriptor
 from .weights import CAFFE, TORCHVISION, Preprocess, load_weights
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Extractor", "VGGDescriptor", "aggregate", "fuse", "l2_normalize", "Crop", "NETS", "NetSpec", "DenseVGG",

@@ -74,3 +74,29 @@ def test_wrong_tensor_shape_is_named(tiny_net):
 
 def test_min_side_is_224():
     assert NETS["D"].min_side == 224 and NETS["E"].min_side == 224
+
+
+def test_fc_layers_equal_a_7x7_convolution_in_any_chunking(tiny_net, monkeypatch):
+    """fc6 as a matrix product over windows = the 7x7 convolution the paper describes, also when
+    the window copy is cut into several chunks of images."""
+    model = DenseVGG(tiny_net, with_fc8=True).eval()
+    model.load_torchvision_state_dict(random_state_dict(tiny_net, seed=4))
+    x = torch.randn(3, 3, 256, 320, generator=torch.Generator().manual_seed(0))
+    k = tiny_net.fc6_window
+    with torch.inference_mode():
+        pool5 = model.features(x)
+        conv = torch.nn.functional.conv2d(pool5, model.fc6.weight.reshape(-1, tiny_net.pool5_channels, k, k),
+                                          model.fc6.bias).relu()
+        conv = torch.nn.functional.conv2d(conv, model.fc7.weight[:, :, None, None], model.fc7.bias).relu()
+        conv = torch.nn.functional.conv2d(conv, model.fc8.weight[:, :, None, None], model.fc8.bias)
+        whole = model(x)
+        monkeypatch.setattr(DenseVGG, "window_bytes", 1)  # one image per chunk
+        chunked = model(x)
+    assert whole.shape == conv.shape == (3, 10, 2, 4)
+    torch.testing.assert_close(whole, conv, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked, whole, rtol=1e-6, atol=1e-6)  # GEMM blocking may differ
+
+
+def test_too_small_input_is_a_clear_error(tiny_net):
+    with pytest.raises(ValueError, match="pool5 is 6x6, fc6 needs 7x7"):
+        DenseVGG(tiny_net).eval()(torch.zeros(1, 3, 200, 200))
