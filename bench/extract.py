@@ -3,12 +3,14 @@
     python bench/extract.py                                  # Net-D and Net-E at Q = 256, 384, 512
     python bench/extract.py --nets D --scales 256 --images 16 --batch-sizes 1,4,8
     python bench/extract.py --device cuda --dtypes float32,bfloat16,float16
+    python bench/extract.py --nets D --scales 512 --profile 12  # where the time goes, per layer
     python bench/extract.py --smoke                          # seconds; what CI runs
 
 Images are generated (500x375 and 375x500, like VOC), weights are random (same cost as real
 ones), flips included. FLOPs are counted from the layer shapes (featx.cost.forward_flops); the
 ceiling is a large fp32 torch.mm measured in the same run. The naive baseline runs one image at
-a time, NCHW, no batching of the flip, no channels-last, no prefetching threads. Half types
+a time through the obvious dense net (fc6 a 7x7 nn.Conv2d, fc7 a 1x1), NCHW, the flip as a
+second pass, no channels-last, no prefetching threads. Half types
 are compared with float32 by the cosine similarity of their descriptors. Peak memory: the
 process's peak RSS so far (CPU; configurations run in increasing Q) or torch's peak allocation
 per configuration (CUDA).
@@ -24,13 +26,15 @@ import time
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
+from torchvision.models.vgg import make_layers
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
 from featx.cost import descriptor_flops, matmul_gflops  # noqa: E402
 from featx.extract import DTYPES, resolve_device  # noqa: E402
 from featx.images import target_size  # noqa: E402
-from featx.nets import NETS, DenseVGG, random_state_dict  # noqa: E402
+from featx.nets import NETS, random_state_dict  # noqa: E402
 from featx.weights import TORCHVISION  # noqa: E402
 
 from common import SMOKE  # noqa: E402  (bench/common.py)
@@ -38,10 +42,25 @@ from common import SMOKE  # noqa: E402  (bench/common.py)
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
 
+def naive_net(spec):
+    """The obvious dense VGG: torchvision's conv stack, fc6 as a 7x7 nn.Conv2d, fc7 as a 1x1."""
+    state = random_state_dict(spec, seed=0)
+    features = make_layers(list(spec.layers))
+    features.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith("features.")})
+    k = spec.fc6_window
+    fc6 = nn.Conv2d(spec.pool5_channels, spec.fc_dim, k)
+    fc7 = nn.Conv2d(spec.fc_dim, spec.fc_dim, 1)
+    with torch.no_grad():
+        fc6.weight.copy_(state["classifier.0.weight"].reshape(fc6.weight.shape))
+        fc6.bias.copy_(state["classifier.0.bias"])
+        fc7.weight.copy_(state["classifier.3.weight"][:, :, None, None])
+        fc7.bias.copy_(state["classifier.3.bias"])
+    return nn.Sequential(features, fc6, nn.ReLU(), fc7, nn.ReLU()).eval()
+
+
 def naive(spec, images, q, device):
     """The obvious loop: per image resize, normalise, forward, flip, forward; no batching."""
-    net = DenseVGG(spec).eval().to(device)
-    net.load_torchvision_state_dict(random_state_dict(spec, seed=0))
+    net = naive_net(spec).to(device)
     mean = torch.tensor(TORCHVISION.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(TORCHVISION.std, device=device).view(1, 3, 1, 1)
     out = []
@@ -57,18 +76,59 @@ def naive(spec, images, q, device):
     return torch.cat(out).numpy()
 
 
-def timed(fn, device):
+def timed(fn, device, repeats=1):
+    """(result, best seconds of `repeats`, peak GiB)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    t = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    dt = time.perf_counter() - t
+    dt = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = min(dt, time.perf_counter() - t)
     peak = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     return result, dt, peak / 2 ** 30
+
+
+def profile(title, fn, rows):
+    """Where the time goes: ops by input shape (so each conv layer is its own row), with the
+    profiler's FLOP count, which gives each layer's achieved GFLOP/s."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch_profile(activities=activities, record_shapes=True, with_flops=True) as prof:
+        fn()
+    events = prof.key_averages(group_by_input_shape=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    by_op = {}
+    for e in events:
+        by_op[e.key] = by_op.get(e.key, 0) + e.self_cpu_time_total
+    print(f"\n-- profile: {title}; {total / 1e6:.2f} s of op time: " + ", ".join(
+        f"{k} {v / total:.0%}" for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])[:4]))
+    print(f"{'op':<28}{'calls':>6}{'self s':>8}{'share':>7}{'GFLOP/s':>9}  input shapes")
+    for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:rows]:
+        flops = 0
+        if "convolution" in e.key:
+            flops = conv_flops(e.input_shapes) * e.count
+        elif e.key == "aten::addmm":  # fc6 / fc7 over all windows: (M, K) @ (K, N)
+            (m, k), n = e.input_shapes[1], e.input_shapes[2][1]
+            flops = 2.0 * m * k * n * e.count
+        rate = f"{flops / e.self_cpu_time_total / 1e3:>9.0f}" if flops else f"{'':>9}"
+        shapes = str([s for s in e.input_shapes if s][:3])[:70]
+        print(f"{e.key[:27]:<28}{e.count:>6}{e.self_cpu_time_total / 1e6:>8.2f}"
+              f"{e.self_cpu_time_total / total:>7.1%}{rate}  {shapes}")
+    print()
+
+
+def conv_flops(shapes) -> float:
+    """2 x multiply-adds of one convolution call, from its input and weight shapes (VGG's
+    3x3 convolutions keep the size; fc6's 7x7 and fc7's 1x1 are unpadded)."""
+    (n, _, h, w), (cout, cin, kh, kw) = shapes[0], shapes[1]
+    if kh != 3:
+        h, w = h - kh + 1, w - kw + 1
+    return 2.0 * n * cout * h * w * cin * kh * kw
 
 
 def cosine(a, b):
@@ -85,6 +145,10 @@ def main():
     p.add_argument("--dtypes", default="float32", help="e.g. float32,bfloat16,float16 (half types: GPU)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive loop")
+    p.add_argument("--repeats", type=int, default=2, help="time each run this many times, keep the best")
+    p.add_argument("--profile", type=int, metavar="ROWS", default=0,
+                   help="also profile one pass of each (torch.profiler, ops grouped by input "
+                        "shape, i.e. per layer) and print the ROWS costliest")
     p.add_argument("--smoke", action="store_true", help="a tiny net and 2 images, for CI")
     p.add_argument("--json", help="write the results here")
     a = p.parse_args()
@@ -95,16 +159,22 @@ def main():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3) if i % 2 == 0 else (500, 375, 3), dtype=np.uint8)
               for i in range(a.images)]
-    ceiling = matmul_gflops(n=256 if a.smoke else 4096, device=device)
+    # Shared machines drift: the ceiling is measured again beside every configuration.
+    def measure_ceiling():
+        return max(matmul_gflops(n=256 if a.smoke else 4096, device=device) for _ in range(2))
+
+    ceiling = measure_ceiling()
     cpu = platform.processor() or platform.machine()
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"
-    print(f"{where}; torch {torch.__version__}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s")
+    print(f"{where}; torch {torch.__version__}; fp32 matmul ceiling {ceiling:.0f} GFLOP/s now "
+          f"(measured again before each row: the 'ceiling' column); best of {a.repeats} runs")
     print(f"{'net':<4}{'Q':>5}{'how':>16}{'img/s':>8}{'GFLOP/s':>9}{'ceiling':>9}{'vs naive':>9}"
           f"{'peak GiB':>9}{'cos vs fp32':>12}")
     rows = []
     for q in (int(s) for s in a.scales.split(",")):
         for net in a.nets.split(","):
             spec = NETS[net]
+            ceiling = measure_ceiling()
             flops = sum(descriptor_flops(spec, im.shape[:2], q) for im in images)
 
             def report(how, dt, peak, base=None, cos=None):
@@ -120,8 +190,10 @@ def main():
             base = None
             if not a.no_baseline:
                 naive(spec, images[:1], q, device)  # warm-up
-                _, base, peak = timed(lambda: naive(spec, images, q, device), device)
+                _, base, peak = timed(lambda: naive(spec, images, q, device), device, a.repeats)
                 report("naive", base, peak)
+                if a.profile:
+                    profile(f"naive, Net-{net} Q={q}", lambda: naive(spec, images, q, device), a.profile)
             reference = None
             for dtype in a.dtypes.split(","):
                 if dtype not in DTYPES:
@@ -130,11 +202,14 @@ def main():
                     ex = Extractor(net, scales=(q,), weights="random", device=device, dtype=dtype,
                                    batch_size=bs, progress=False)
                     ex.extract(images[:2])  # warm-up
-                    out, dt, peak = timed(lambda: ex.extract(images), device)
+                    out, dt, peak = timed(lambda: ex.extract(images), device, a.repeats)
                     if dtype == "float32" and reference is None:
                         reference = out
                     cos = cosine(out, reference) if reference is not None and dtype != "float32" else None
                     report(f"featx {SHORT[dtype]} b{bs}", dt, peak, base, cos)
+                    if a.profile:
+                        profile(f"featx {SHORT[dtype]} b{bs}, Net-{net} Q={q}",
+                                lambda: ex.extract(images), a.profile)
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"machine": platform.platform(), "device": where, "torch": torch.__version__,
