@@ -20,6 +20,7 @@ import logging
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -87,8 +88,8 @@ def worker_resources(ray, num_workers=None, gpus_per_worker=0.0, cpus_per_worker
 
 def _shippable(weights: Weights) -> Weights:
     """Numpy arrays go through Ray's object store without a copy per reader."""
-    sd = {k: v.detach().cpu().numpy() for k, v in weights.state_dict.items()}
-    return Weights(sd, weights.preprocess, weights.source, weights.path)
+    return replace(weights, state_dict={k: v.detach().cpu().numpy()
+                                        for k, v in weights.state_dict.items()})
 
 
 def _worker_extractor(weights: Weights, options: dict) -> Extractor:
@@ -100,7 +101,7 @@ def _worker_extractor(weights: Weights, options: dict) -> Extractor:
         warnings.simplefilter("ignore", UserWarning)
         sd = {k: torch.from_numpy(v) for k, v in weights.state_dict.items()}
     options = dict(options, workers=options.get("workers") or max(1, min(4, cpus)))
-    return Extractor(weights=Weights(sd, weights.preprocess, weights.source, weights.path), **options)
+    return Extractor(weights=replace(weights, state_dict=sd), **options)
 
 
 def _rows(batch: Batch, dim: int) -> dict:
@@ -125,7 +126,7 @@ class ShardWorker:
     def __call__(self, batch):
         for k in batch["shard"]:
             q, passes = self.shards[int(k)]
-            for done in self.ex._run_scale(self.pool, self.items, q, passes):
+            for done in self.ex.run_passes(self.pool, self.items, q, passes):
                 yield _rows(done, self.ex.dim)
 
 

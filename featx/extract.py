@@ -183,13 +183,15 @@ class Extractor:
                 total = sum(len(b) for b in batches)
                 with tqdm(total=total, desc=f"Net-{self.spec.name} Q={q}", unit="img",
                           disable=not self.progress or total == 0, leave=False) as bar:
-                    for batch in self._run_scale(pool, images, q, batches):
+                    for batch in self.run_passes(pool, images, q, batches):
                         bar.update(len(batch.indices) + len(batch.failures))
                         yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _run_scale(self, pool, images, q, batches) -> Iterator[Batch]:
+    def run_passes(self, pool, images, q, batches) -> Iterator[Batch]:
+        """One Batch per entry of `batches` (row indices of one forward pass at scale q, as
+        `plan` makes them), decoding in `pool`'s threads two passes ahead of the net."""
         def load(i):
             try:
                 return load_resized(images[i], q, i)
