@@ -27,9 +27,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .errors import ConfigError, EngineError, ImageError
+from .cache import _read_sizes
+from .errors import ConfigError, EngineError
 from .extract import Batch, Extractor, check_scales
-from .images import read_size
 from .nets import get_spec
 from .weights import Weights, load_weights
 
@@ -62,6 +62,12 @@ def connect(address: str | None = None):
         where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise ConfigError(f"cannot start or reach Ray at {where}: {type(e).__name__}: {e}") from None
     return ray
+
+
+def _check_device(device, gpus_per_worker):
+    if str(device).startswith("cuda") and not gpus_per_worker:
+        raise ConfigError(f"device {device!r} on Ray needs --gpus-per-worker (e.g. 1): Ray "
+                          "hides GPUs from workers that did not ask for one")
 
 
 def worker_resources(ray, num_workers=None, gpus_per_worker=0.0, cpus_per_worker=None):
@@ -156,9 +162,7 @@ class RayExtractor(Extractor):
         if self.batches_per_shard < 1:
             raise ConfigError("batches_per_shard must be at least 1")
         self.worker_device = str(device)
-        if self.worker_device.startswith("cuda") and not self.gpus_per_worker:
-            raise ConfigError(f"device {device!r} on Ray needs --gpus-per-worker (e.g. 1): Ray "
-                              "hides GPUs from workers that did not ask for one")
+        _check_device(device, self.gpus_per_worker)
         self.decode_threads = workers
         super().__init__(net, scales, flip, weights, preprocess, "cpu", dtype, batch_size, workers,
                          progress)
@@ -264,13 +268,8 @@ class ImageWorker:
 
     def __call__(self, batch: dict) -> dict:
         items = [_item(v) for v in batch[self.column]]
-        sizes, errors = [], [""] * len(items)
-        for i, item in enumerate(items):
-            try:
-                sizes.append(read_size(item, i))
-            except ImageError as e:
-                sizes.append(None)
-                errors[i] = self._reason(str(e), i)
+        sizes, unreadable = _read_sizes(items, self.ex.workers, progress=False, desc="")
+        errors = [self._reason(unreadable[i], i) if i in unreadable else "" for i in range(len(items))]
         out = np.full((len(items), len(self.ex.scales), self.ex.dim), np.nan, np.float32)
         for done in self.ex.iter_batches(items, sizes):
             out[done.indices, self.ex.scales.index(done.scale)] = done.descriptors
@@ -302,6 +301,7 @@ def descriptors(dataset, net="D", scales=(256, 384, 512), *, weights="torchvisio
     >>> ds = ray.data.read_binary_files("s3://bucket/photos/").rename_columns({"bytes": "image"})
     >>> featx.distributed.descriptors(ds, "E", (256, 384), weights="caffe", gpus_per_worker=1)
     """
+    _check_device(device, gpus_per_worker)
     ray = connect()
     spec = get_spec(net)
     scales = check_scales(scales, spec)
