@@ -1,8 +1,10 @@
-"""HDF5 descriptor cache: one file per (image set, net, weight source), computed once, resumable.
+"""The HDF5 descriptor cache: one file per (image set, net, weight source). The file format only;
+`featx.update` is what fills it.
 
-Layout (format 1):
-    attrs             provenance: net, weights (+ sha256), preprocessing, flip, interpolation,
-                      dtype, featx / torch versions, image-set name and the sha256 of its ids
+Layout (format 2; format 1, written by featx 0.2.0, lacks the crc32 datasets and is upgraded
+when a run next writes to it):
+    attrs             provenance: net, weights (+ digest of their tensors), preprocessing, flip,
+                      interpolation, dtype, featx / torch versions, image-set name, sha256 of its ids
     ids    (n,)       image ids, in the image set's order (str)
     paths  (n,)       where each image was read from when the file was made (str)
     boxes  (n, 4)     crop box (x1, y1, x2, y2) or -1s for whole images
@@ -10,54 +12,43 @@ Layout (format 1):
     errors (n,)       why an image failed ('' if it did not), fixed width
     scales/<Q>/descriptors (n, dim) float32, flip-averaged, not normalised
     scales/<Q>/status      (n,) uint8: 0 to do, 1 done, 2 failed
+    scales/<Q>/crc32       (n,) uint32: CRC-32 of each done row's bytes, written with the row
 
 Crash safety: structure is only ever created in a temporary copy that replaces the file
-atomically (os.replace). Every dataset is contiguous and allocated at creation, so extraction
-afterwards writes raw bytes at fixed offsets and never touches HDF5 metadata: a process killed
-at any moment leaves a file that opens. Each batch writes its rows, flushes, then marks them
-done and flushes again; rows not marked done are recomputed on the next run.
-A lock file (<file>.lock) keeps a second writer out.
+atomically (os.replace), and the copy's blocks are reserved on disk (fallocate) before it does,
+so a full disk shows up there and never in the middle of a write. Every dataset is contiguous
+and allocated at creation; extraction afterwards writes raw bytes at fixed offsets and never
+touches HDF5 metadata, so a process killed at any moment leaves a file that opens. A batch
+writes its rows and their checksums, flushes, then marks them done and flushes again.
+Reading verifies each row against its checksum.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+import zlib
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
-from filelock import FileLock, Timeout
-from tqdm.auto import tqdm
 
-from .errors import CacheError, ImageError
-from .images import Crop, read_size
+from .errors import CacheError
 
-FORMAT = 1
+FORMAT = 2
 TODO, DONE, FAILED = 0, 1, 2
 ERROR_WIDTH = 240
-# Provenance keys that decide the descriptors' values: a file whose values differ is never reused.
-IDENTITY_KEYS = ("net", "arch", "dim", "weights", "weights_sha256", "preprocess", "channel_order",
+# Provenance keys that decide the descriptors' values: a file whose values differ is never
+# reused. Weights are compared by their tensors' digest, not by source or file name (format 1
+# files: by the weights file's sha256, see provenance_diff).
+IDENTITY_KEYS = ("net", "arch", "dim", "weights_digest", "preprocess", "channel_order",
                  "mean", "std", "value_range", "flip", "interpolation", "pooling", "dtype")
-
-
-@dataclass
-class Summary:
-    path: Path
-    computed: int = 0
-    reused: int = 0
-    failed: int = 0
-    seconds: float = 0.0
-    failures: dict = field(default_factory=dict)  # row -> reason
-
-    def __str__(self):
-        return (f"{self.path}: computed {self.computed}, reused {self.reused}, failed {self.failed} "
-                f"(image x scale) in {self.seconds:.1f} s")
+DATASETS = ("ids", "paths", "boxes", "sizes", "errors")
+RECOVER = "move it aside (or delete it) and run featx extract again to rebuild it"
 
 
 def cache_file(folder, net: str, weights) -> Path:
@@ -66,22 +57,24 @@ def cache_file(folder, net: str, weights) -> Path:
     return Path(folder) / f"{net}-{weights_tag(weights)}.h5"
 
 
-def _ids_digest(ids: Sequence[str]) -> str:
-    return hashlib.sha256("\n".join(ids).encode()).hexdigest()
+def ids_digest(ids: Sequence[str]) -> str:
+    # surrogateescape: ids made from file names that are not valid UTF-8 keep their bytes
+    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _early_dcpl():
-    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
-    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
-    return dcpl
+def encode_text(values) -> np.ndarray:
+    """str -> UTF-8 bytes for h5py, keeping undecodable file-name bytes (surrogateescape)."""
+    return np.array([str(v).encode("utf-8", "surrogateescape") for v in values], dtype=object)
 
 
-def _add_scale(f: h5py.File, q: int, dim: int, failed_rows: np.ndarray):
-    g = f.require_group("scales").create_group(str(q))
-    n = f["ids"].shape[0]
-    g.create_dataset("descriptors", shape=(n, dim), dtype="f4", dcpl=_early_dcpl())
-    status = g.create_dataset("status", shape=(n,), dtype="u1", dcpl=_early_dcpl())
-    status[failed_rows] = FAILED
+def decode_text(raw) -> str:
+    return raw.decode("utf-8", "surrogateescape") if isinstance(raw, bytes) else str(raw)
+
+
+def row_crc(rows: np.ndarray) -> np.ndarray:
+    """CRC-32 of each row's float32 bytes."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    return np.fromiter((zlib.crc32(r) for r in rows), dtype=np.uint32, count=len(rows))
 
 
 def _attr(value):
@@ -92,9 +85,12 @@ def _attr(value):
 
 def _read_attr(value):
     if isinstance(value, bytes):
-        value = value.decode()
+        value = value.decode(errors="replace")
     if isinstance(value, str) and value[:1] in ("[", "{"):
-        return json.loads(value)
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
     if isinstance(value, np.generic):
         return value.item()
     return value
@@ -105,24 +101,49 @@ class DescriptorCache:
 
     >>> cache = DescriptorCache("voc2007/D-torchvision.h5")
     >>> x = cache.load(scales=[256, 384], rows=train_rows)   # (len(rows), 2, 4096)
+
+    Every way a file can be damaged (truncated, bytes flipped, datasets missing or of the wrong
+    length) is a CacheError that names the file and says how to recover.
     """
 
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
             raise CacheError(f"no descriptor cache at {self.path}")
-        try:
+        with self._reading("open"):
             with self._open() as f:
                 if f.attrs.get("format") != "featx-descriptors":
                     raise CacheError(f"{self.path} is an HDF5 file but not a featx descriptor cache")
                 self.attrs = {k: _read_attr(v) for k, v in f.attrs.items()}
-                self.ids = [s.decode() for s in f["ids"][()]]
-        except OSError as e:
-            raise CacheError(f"cannot open {self.path}: {e}") from None
+                self._check_structure(f)
+                self.ids = [decode_text(s) for s in f["ids"][()]]
+                self._scales = sorted(int(q) for q in f.get("scales", {}))
         self._row = {id_: i for i, id_ in enumerate(self.ids)}
 
     def _open(self):
         return h5py.File(self.path, "r", locking=False)
+
+    def _reading(self, what):
+        return _Damaged(self.path, what)
+
+    def _check_structure(self, f):
+        missing = [d for d in DATASETS if d not in f]
+        if missing:
+            raise CacheError(f"{self.path} is damaged: it has no '{missing[0]}' dataset; {RECOVER}")
+        n = f["ids"].shape[0]
+        for d in DATASETS[1:]:
+            if f[d].shape[0] != n:
+                raise CacheError(f"{self.path} is damaged: '{d}' has {f[d].shape[0]} rows for {n} images; {RECOVER}")
+        dim = int(_read_attr(f.attrs.get("dim", -1)))
+        for q, g in f.get("scales", {}).items():
+            for d, shape in (("descriptors", (n, dim)), ("status", (n,))):
+                if d not in g:
+                    raise CacheError(f"{self.path} is damaged: scale Q={q} has no '{d}' dataset; {RECOVER}")
+                if g[d].shape != shape:
+                    raise CacheError(f"{self.path} is damaged: scale Q={q} '{d}' has shape {g[d].shape}, "
+                                     f"expected {shape}; {RECOVER}")
+            if "crc32" in g and g["crc32"].shape != (n,):
+                raise CacheError(f"{self.path} is damaged: scale Q={q} 'crc32' has shape {g['crc32'].shape}; {RECOVER}")
 
     def __len__(self):
         return len(self.ids)
@@ -133,8 +154,12 @@ class DescriptorCache:
 
     @property
     def scales(self) -> list[int]:
-        with self._open() as f:
-            return sorted(int(q) for q in f.get("scales", {}))
+        return list(self._scales)
+
+    @property
+    def checksummed(self) -> bool:
+        """Whether rows carry checksums (format 2; a 0.2.0 file until a run writes to it)."""
+        return int(self.attrs.get("format_version", 1)) >= 2
 
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of image ids (CacheError naming the first unknown id)."""
@@ -145,18 +170,20 @@ class DescriptorCache:
 
     def sizes(self) -> np.ndarray:
         """(n, 2) upright (h, w) of every image; -1s where it could not be read."""
-        with self._open() as f:
+        with self._reading("sizes"), self._open() as f:
             return f["sizes"][()]
 
     def status(self, q: int) -> np.ndarray:
-        with self._open() as f:
-            if str(q) not in f.get("scales", {}):
-                return np.zeros(len(self), np.uint8)
-            return f[f"scales/{q}/status"][()]
+        """Per row at scale q: TODO, DONE or FAILED (any other byte, from damage, reads as TODO)."""
+        if int(q) not in self._scales:
+            return np.zeros(len(self), np.uint8)
+        with self._reading(f"status at Q={q}"), self._open() as f:
+            s = f[f"scales/{q}/status"][()]
+        return np.where(s > FAILED, TODO, s).astype(np.uint8)
 
     def errors(self) -> dict[str, str]:
         """{image id: reason} for every image that failed."""
-        with self._open() as f:
+        with self._reading("errors"), self._open() as f:
             errs = f["errors"][()]
         return {self.ids[i]: errs[i].decode(errors="replace") for i in np.flatnonzero(errs != b"")}
 
@@ -170,7 +197,7 @@ class DescriptorCache:
 
     def missing(self, scales: Sequence[int], rows=None) -> dict[int, np.ndarray]:
         """{Q: rows not done} for the requested rows (all rows when None)."""
-        rows = np.arange(len(self)) if rows is None else np.asarray(rows)
+        rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
         out = {}
         for q in scales:
             todo = rows[self.status(q)[rows] != DONE]
@@ -178,21 +205,27 @@ class DescriptorCache:
                 out[int(q)] = todo
         return out
 
+    def corrupt(self, q: int, rows=None, chunk_rows: int = 2048) -> np.ndarray:
+        """Done rows at scale q whose bytes no longer match their checksum (all done rows, or
+        these). Empty for a format 1 file, whose rows carry no checksums."""
+        with self._reading(f"descriptors at Q={q}"), self._open() as f:
+            return corrupt_rows(f[f"scales/{q}"], rows, chunk_rows)
+
     def load(self, scales: Sequence[int] | None = None, rows=None, ids=None,
              chunk_rows: int = 2048) -> np.ndarray:
         """(n_rows, n_scales, dim) float32 for the requested rows (or ids) and scales only.
 
-        Raises CacheError if any requested descriptor was not computed (or its image failed).
+        Raises CacheError if any requested descriptor was not computed (or its image failed),
+        or if its bytes fail their checksum (featx extract then recomputes just those rows).
         """
         scales = self.scales if scales is None else [int(q) for q in scales]
         if ids is not None:
             rows = self.rows(ids)
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
-        have = self.scales
-        absent = [q for q in scales if q not in have]
+        absent = [q for q in scales if q not in self._scales]
         if absent:
             raise CacheError(f"{self.path} holds no descriptors at Q={absent[0]} "
-                             f"(it has {have or 'none'})")
+                             f"(it has {self._scales or 'none'})")
         missing = self.missing(scales, rows)
         if missing:
             q, todo = next(iter(missing.items()))
@@ -200,173 +233,269 @@ class DescriptorCache:
                              f"at Q={q} (first: {self.ids[todo[0]]}); run featx extract to compute them")
         out = np.empty((len(rows), len(scales), self.dim), np.float32)
         order = np.argsort(rows, kind="stable")  # h5py reads need increasing indices
-        with self._open() as f:
+        with self._reading("descriptors"), self._open() as f:
             for j, q in enumerate(scales):
-                d = f[f"scales/{q}/descriptors"]
+                g = f[f"scales/{q}"]
+                d = g["descriptors"]
+                crc = g["crc32"][()] if "crc32" in g else None
                 for k in range(0, len(rows), chunk_rows):
                     sel = order[k:k + chunk_rows]
-                    idx = rows[sel]
-                    uniq, inverse = np.unique(idx, return_inverse=True)
-                    out[sel, j] = d[uniq][inverse]
+                    uniq, inverse = np.unique(rows[sel], return_inverse=True)
+                    block = d[uniq]
+                    if crc is not None:
+                        bad = uniq[row_crc(block) != crc[uniq]]
+                        if len(bad):
+                            raise CacheError(
+                                f"{self.path}: {len(bad)} descriptor(s) at Q={q} fail their checksum "
+                                f"(first: {self.ids[bad[0]]}): the file was damaged after they were "
+                                "written. Run the same featx extract command again: it recomputes "
+                                "exactly those rows")
+                    out[sel, j] = block[inverse]
         return out
 
 
-def _provenance_diff(have: dict, want: dict) -> list[str]:
-    return [f"{k}: file has {have.get(k)!r}, this run {want.get(k)!r}"
-            for k in IDENTITY_KEYS if _read_attr(_attr(want.get(k))) != have.get(k)]
+def corrupt_rows(group, rows=None, chunk_rows: int = 2048) -> np.ndarray:
+    """Rows marked done in a scale's group whose bytes fail their checksum (among `rows`)."""
+    status = group["status"][()]
+    rows = np.flatnonzero(status == DONE) if rows is None else np.asarray(rows, dtype=np.int64)
+    rows = np.unique(rows[status[rows] == DONE])
+    if "crc32" not in group or not len(rows):
+        return np.empty(0, np.int64)
+    crc = group["crc32"][()]
+    bad = [np.empty(0, np.int64)]
+    for k in range(0, len(rows), chunk_rows):
+        idx = rows[k:k + chunk_rows]
+        bad.append(idx[row_crc(group["descriptors"][idx]) != crc[idx]])
+    return np.concatenate(bad)
 
 
-def _read_sizes(items, workers, progress, desc):
-    sizes, errors = [None] * len(items), {}
+class _Damaged:
+    """Turns any failure while reading a cache into one CacheError naming the file."""
 
-    def one(i):
-        try:
-            return i, read_size(items[i], i), None
-        except ImageError as e:
-            return i, None, str(e)
+    def __init__(self, path, what):
+        self.path, self.what = path, what
 
-    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(items), desc=desc, unit="img",
-                                                   disable=not progress, leave=False) as bar:
-        for i, size, err in pool.map(one, range(len(items))):
-            sizes[i] = size
-            if err:
-                errors[i] = err
-            bar.update()
-    return sizes, errors
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, err, tb):
+        if err is None or isinstance(err, CacheError):
+            return False
+        raise CacheError(f"cannot read {self.path} ({self.what}): {type(err).__name__}: {err}. "
+                         f"The file is damaged or not a featx cache; {RECOVER}") from None
 
 
-def _create(path: Path, items, ids, sizes, errors, provenance, scales, name):
+# -- writing ------------------------------------------------------------------------------------
+
+def _early_dcpl():
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    return dcpl
+
+
+def _add_scale(f: h5py.File, q: int, dim: int, failed_rows: np.ndarray):
+    g = f.require_group("scales").create_group(str(q))
+    n = f["ids"].shape[0]
+    g.create_dataset("descriptors", shape=(n, dim), dtype="f4", dcpl=_early_dcpl())
+    status = g.create_dataset("status", shape=(n,), dtype="u1", dcpl=_early_dcpl())
+    g.create_dataset("crc32", shape=(n,), dtype="u4", dcpl=_early_dcpl())
+    status[failed_rows] = FAILED
+
+
+def _no_space(path: Path, e: OSError) -> CacheError:
+    return CacheError(f"no space left on the device holding {path} ({e.strerror or e}); free some "
+                      "space and run the same command again: every row already committed is kept")
+
+
+def _replace_with(path: Path, build) -> None:
+    """Make the file's new structure in a temporary copy (build(tmp)), reserve its blocks on
+    disk, and swap it in atomically: a crash or a full disk leaves the old file whole."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    n = len(ids)
     try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in provenance.items():
-                f.attrs[k] = _attr(v)
-            f.attrs.update({"format": "featx-descriptors", "format_version": FORMAT,
-                            "image_set": name, "n_images": n, "ids_sha256": _ids_digest(ids),
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            text = h5py.string_dtype()
-            f.create_dataset("ids", data=np.array(ids, dtype=object), dtype=text)
-            f.create_dataset("paths", data=np.array([str(it.path if isinstance(it, Crop) else it)
-                                                     for it in items], dtype=object), dtype=text)
-            f.create_dataset("boxes", data=np.array([it.box if isinstance(it, Crop) else (-1,) * 4
-                                                     for it in items], np.int32).reshape(n, 4))
-            f.create_dataset("sizes", data=np.array([s if s else (-1, -1) for s in sizes], np.int32))
-            err = f.create_dataset("errors", shape=(n,), dtype=f"S{ERROR_WIDTH}", dcpl=_early_dcpl())
-            for i, reason in errors.items():
-                err[i] = reason.encode()[:ERROR_WIDTH]
-            failed = np.asarray(sorted(errors), dtype=np.int64)
-            for q in scales:
-                _add_scale(f, q, provenance["dim"], failed)
+        build(tmp)
+        with open(tmp, "r+b") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(fh.fileno(), 0, size)
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _no_space(path, e) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
 
-def _extend(path: Path, new_scales, dim):
-    """Add scales: in a copy that then replaces the file, so a crash leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Delete what an interrupted create or extend left (.NAME.tmp-PID). Only called by the
+    writer holding the lock, so no other process can be using them."""
+    stale = list(Path(path).parent.glob(f".{Path(path).name}.tmp-*"))
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def create(path: Path, items, ids, sizes, errors: dict, provenance: dict, scales, name: str) -> None:
+    from .images import Crop
+    n = len(ids)
+
+    def build(tmp):
+        with h5py.File(tmp, "w") as f:
+            for k, v in provenance.items():
+                f.attrs[k] = _attr(v)
+            f.attrs.update({"format": "featx-descriptors", "format_version": FORMAT,
+                            "image_set": name, "n_images": n, "ids_sha256": ids_digest(ids),
+                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            text = h5py.string_dtype()
+            f.create_dataset("ids", data=encode_text(ids), dtype=text)
+            f.create_dataset("paths", data=encode_text([it.path if isinstance(it, Crop) else it
+                                                        for it in items]), dtype=text)
+            f.create_dataset("boxes", data=np.array([it.box if isinstance(it, Crop) else (-1,) * 4
+                                                     for it in items], np.int32).reshape(n, 4))
+            f.create_dataset("sizes", data=np.array([s if s else (-1, -1) for s in sizes], np.int32).reshape(n, 2))
+            err = f.create_dataset("errors", shape=(n,), dtype=f"S{ERROR_WIDTH}", dcpl=_early_dcpl())
+            for i, reason in errors.items():
+                err[i] = _error_bytes(reason)
+            failed = np.asarray(sorted(errors), dtype=np.int64)
+            for q in scales:
+                _add_scale(f, q, provenance["dim"], failed)
+
+    _replace_with(path, build)
+
+
+def _error_bytes(reason: str) -> bytes:
+    return reason.encode("utf-8", "backslashreplace")[:ERROR_WIDTH]
+
+
+def extend(path: Path, new_scales, dim: int) -> None:
+    """Add scales, and checksums to a format 1 file (its rows done so far are checksummed as
+    they are found: from then on they are verified)."""
+    def build(tmp):
         shutil.copyfile(path, tmp)
         with h5py.File(tmp, "r+") as f:
             failed = np.flatnonzero(f["errors"][()] != b"")
             for q in new_scales:
                 _add_scale(f, q, dim, failed)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            if int(f.attrs.get("format_version", 1)) < 2:
+                for q, g in f["scales"].items():
+                    if "crc32" not in g:
+                        crc = g.create_dataset("crc32", shape=g["status"].shape, dtype="u4", dcpl=_early_dcpl())
+                        done = np.flatnonzero(g["status"][()] == DONE)
+                        for k in range(0, len(done), 2048):
+                            idx = done[k:k + 2048]
+                            crc[idx] = row_crc(g["descriptors"][idx])
+                f.attrs["format_version"] = FORMAT
+                f.attrs["checksums_added"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+    _replace_with(path, build)
 
 
-def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name: str = "",
-                     rows=None, strict: bool = False, progress: bool = True,
-                     on_batch: Callable | None = None) -> Summary:
-    """Compute what `path` lacks for `items` with `extractor`, at every extractor scale.
+def provenance_diff(have: dict, want: dict, legacy_weights_checksum=None) -> list[str]:
+    """What differs between a file's provenance and this run's, in the keys that decide values.
 
-    items: what to read per image (paths or Crops); ids: their stable names (stored, checked).
-    rows: restrict the work to these rows (e.g. one split); the file always spans all items.
-    strict: stop at the first unreadable image (after saving what is done).
-    on_batch: called with each committed Batch (progress reporting).
-    """
-    path = Path(path)
-    ids = [str(i) for i in ids]
-    if len(items) != len(ids):
-        raise ValueError("items and ids differ in length")
-    if not ids:
-        raise CacheError("the image set is empty: nothing to extract")
-    if len(set(ids)) != len(ids):
-        raise CacheError("image ids must be unique")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        raise CacheError(f"{path} is being written by another featx process (lock {lock.lock_file});"
-                         " wait for it to finish or stop it") from None
-    try:
-        return _extract_locked(extractor, list(items), ids, path, name, rows, strict, progress, on_batch)
-    finally:
-        lock.release()
+    A format 1 file (featx 0.2.0) has no weights_digest; its weights_sha256 (the weights file's
+    sha256, or the source name) is compared with legacy_weights_checksum() instead."""
+    diffs = []
+    for k in IDENTITY_KEYS:
+        if k == "weights_digest" and k not in have:
+            theirs, ours = have.get("weights_sha256"), legacy_weights_checksum() if legacy_weights_checksum else None
+            if theirs != ours:
+                diffs.append(f"weights_sha256: file has {theirs!r}, this run {ours!r}")
+            continue
+        if _read_attr(_attr(want.get(k))) != have.get(k):
+            diffs.append(f"{k}: file has {have.get(k)!r}, this run {want.get(k)!r}")
+    return diffs
 
 
-def _extract_locked(extractor, items, ids, path, name, rows, strict, progress, on_batch):
-    start = time.perf_counter()
-    import torch
-    from . import __version__
+class Writer:
+    """An open cache file for one writer (the caller holds the lock): commits batches so that a
+    kill at any moment loses at most the batch in flight."""
 
-    provenance = dict(extractor.provenance(), weights_sha256=extractor.weights.checksum(),
-                      dtype=extractor.dtype, featx_version=__version__, torch_version=torch.__version__)
-    scales = list(extractor.scales)
-    if path.exists():
-        cache = DescriptorCache(path)
-        diff = _provenance_diff(cache.attrs, provenance)
-        if diff:
-            raise CacheError(f"{path} was computed with other settings, refusing to mix:\n  "
-                             + "\n  ".join(diff) + "\nuse another --cache-dir / --out, or delete the file")
-        if cache.attrs.get("ids_sha256") != _ids_digest(ids):
-            raise CacheError(f"{path} holds another image set ({len(cache)} images, "
-                             f"'{cache.attrs.get('image_set')}'); this run has {len(ids)}")
-        new = [q for q in scales if q not in cache.scales]
-        if new:
-            _extend(path, new, extractor.dim)
-    else:
-        sizes, errors = _read_sizes(items, extractor.workers, progress, "reading image sizes")
-        if strict and errors:
-            raise ImageError(next(iter(errors.values())))
-        _create(path, items, ids, sizes, errors, provenance, scales, name)
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._inode_lock = None
+        try:
+            # A lock on the file itself (its inode) also stops a second writer that reaches it
+            # through another name, e.g. a hard link, which the <file>.lock cannot see.
+            import fcntl
+            self._inode_lock = os.open(self.path, os.O_RDONLY)
+            fcntl.flock(self._inode_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except ImportError:  # no fcntl (Windows): the lock file alone
+            pass
+        except BlockingIOError:
+            os.close(self._inode_lock)
+            raise CacheError(f"{self.path} is being written by another process (through another path "
+                             "to the same file); wait for it to finish or stop it") from None
+        try:
+            self.f = h5py.File(self.path, "r+", locking=False)
+        except OSError as e:
+            self._release()
+            raise CacheError(f"cannot open {self.path} for writing ({e}); {RECOVER}") from None
 
-    summary = Summary(path)
-    with h5py.File(path, "r+") as f:
-        wanted = np.zeros(len(ids), bool)
-        wanted[np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)] = True
-        # Only the wanted rows are planned (a split's images batch among themselves).
-        sizes = [tuple(s) if s[0] >= 0 and w else None for s, w in zip(f["sizes"][()], wanted)]
-        skip = {}
+    def _release(self):
+        if self._inode_lock is not None:
+            os.close(self._inode_lock)  # closing the descriptor drops the flock
+            self._inode_lock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            self.f.close()
+        except Exception:  # closing after a failed write must not hide that failure
+            pass
+        self._release()
+        return False
+
+    def corrupt(self, q: int, rows=None) -> np.ndarray:
+        return corrupt_rows(self.f[f"scales/{q}"], rows)
+
+    def repair(self, scales) -> dict[int, int]:
+        """Status bytes of unknown value (damage) back to 'to do': {Q: rows reset}."""
+        fixed = {}
         for q in scales:
-            status = f[f"scales/{q}/status"][()]
-            summary.reused += int(((status == DONE) & wanted).sum())
-            skip[q] = status != TODO
-        errors_ds = f["errors"]
-        for batch in extractor.iter_batches(items, sizes, scales, skip):
-            group = f[f"scales/{batch.scale}"]
-            if len(batch.indices):
-                group["descriptors"][batch.indices] = batch.descriptors
-            for i, reason in batch.failures.items():
-                errors_ds[i] = reason.encode()[:ERROR_WIDTH]
-            f.flush()  # rows are on disk before they are marked done
-            done = np.concatenate([batch.indices, list(batch.failures)]).astype(np.int64)
+            s = self.f[f"scales/{q}/status"]
+            values = s[()]
+            bad = np.flatnonzero(values > FAILED)
+            if len(bad):
+                s[bad] = TODO
+                fixed[q] = len(bad)
+        if fixed:
+            self.f.flush()
+        return fixed
+
+    def reset(self, q: int, rows: np.ndarray) -> None:
+        if len(rows):
+            self.f[f"scales/{q}/status"][np.sort(rows)] = TODO
+            self.f.flush()
+
+    def status(self, q: int) -> np.ndarray:
+        return self.f[f"scales/{q}/status"][()]
+
+    def sizes(self) -> np.ndarray:
+        return self.f["sizes"][()]
+
+    def errors(self) -> np.ndarray:
+        return self.f["errors"][()]
+
+    def commit(self, q: int, rows: np.ndarray, descriptors: np.ndarray, failures: dict) -> None:
+        """Write rows (and their checksums) and failure reasons, flush, then mark them."""
+        try:
+            group = self.f[f"scales/{q}"]
+            if len(rows):
+                group["descriptors"][rows] = descriptors
+                group["crc32"][rows] = row_crc(descriptors)
+            for i, reason in failures.items():
+                self.f["errors"][i] = _error_bytes(reason)
+            self.f.flush()  # rows are on disk before they are marked done
+            done = np.concatenate([rows, list(failures)]).astype(np.int64)
             order = np.argsort(done)
-            group["status"][done[order]] = np.where(np.isin(done, batch.indices), DONE, FAILED)[order]
-            f.flush()
-            summary.computed += len(batch.indices)
-            if on_batch is not None:
-                on_batch(batch)
-            if strict and batch.failures:
-                raise ImageError(next(iter(batch.failures.values())))
-        errs = f["errors"][()]
-        for q in scales:
-            status = f[f"scales/{q}/status"][()]
-            bad = np.flatnonzero((status == FAILED) & wanted)
-            summary.failures.update({int(i): errs[i].decode(errors="replace") for i in bad})
-            summary.failed += len(bad)
-    summary.seconds = time.perf_counter() - start
-    return summary
+            group["status"][done[order]] = np.where(np.isin(done, rows), DONE, FAILED)[order]
+            self.f.flush()
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(e):
+                raise _no_space(self.path, e) from None
+            raise CacheError(f"writing {self.path} failed ({e}); rows committed before are kept, "
+                             "run the same command again") from None

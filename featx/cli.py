@@ -97,14 +97,6 @@ def read_image_list(source: Path) -> tuple[list, list[str], str]:
     raise ConfigError(f"{source}: no such folder or list file")
 
 
-def resolve_cache_dir(option: str | None, root: Path | None = None) -> Path:
-    if option:
-        return Path(option)
-    if os.environ.get("FEATX_CACHE_DIR"):
-        return Path(os.environ["FEATX_CACHE_DIR"])
-    return (root if root is not None else Path(".")) / "featx-cache"
-
-
 def command_of(ctx: click.Context) -> str:
     """The command line that gave these parameters (defaults left out), for result files."""
     import shlex
@@ -176,6 +168,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
           --address auto --gpus-per-worker 1
     """
     from .cache import cache_file
+    from .paths import dataset_cache_dir
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -189,14 +182,14 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
         if split:
             raise click.UsageError("--split applies to --dataset only")
         if out is None:
-            out = resolve_cache_dir(cache_dir, None) / name
+            out = dataset_cache_dir(name, cache_dir, Path("."))
     else:
-        from .datasets import data_root, load_dataset
+        from .datasets import load_dataset
         data = load_dataset(dataset, root)
         items, ids, name = data.items, data.ids, data.name
         if split:
             rows = data.rows_of(split.split(","))
-        out = out or resolve_cache_dir(cache_dir, data_root(root)) / data.name
+        out = out or dataset_cache_dir(data.name, cache_dir, root)
     single_file = out.suffix.lower() in (".h5", ".hdf5")
     if single_file and len(nets) > 1:
         raise click.UsageError(f"--out {out} is one file but {len(nets)} nets were asked for; "
@@ -217,24 +210,12 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
 
 def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=False, progress=True,
                  preprocess=None, engine="local", **extractor_options):
-    """Run extract_to_cache for each net into path_for(net), then print each summary."""
-    from .cache import extract_to_cache
+    """featx.update.update_caches, then print each summary."""
+    from .update import update_caches
 
-    if engine == "ray":
-        from .distributed import RayExtractor as Extractor
-    else:
-        from .extract import Extractor
-
-    summaries = []
-    for net in nets:
-        ex = Extractor(net, weights=weights[net], preprocess=(preprocess or {}).get(net),
-                       progress=progress, **extractor_options)
-        path = path_for(net)
-        if progress:
-            click.echo(f"Net-{net} ({ex.weights.source} weights, {ex.preprocess.name} preprocessing) "
-                       f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}", err=True)
-        summaries.append(extract_to_cache(ex, items, ids, path, name=name, rows=rows,
-                                          strict=strict, progress=progress))
+    summaries = update_caches(nets, items, ids, name, path_for, weights, preprocess, rows=rows,
+                              strict=strict, progress=progress, engine=engine,
+                              log=lambda m: click.echo(m, err=True), **extractor_options)
     for s in summaries:
         click.echo(str(s))
         for i, reason in list(s.failures.items())[:10]:
@@ -293,7 +274,8 @@ def datasets():
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 def datasets_ls(root):
     """Which benchmarks are present under the data root, and are they complete?"""
-    from .datasets import DATASETS, data_root, load_dataset
+    from .datasets import DATASETS, load_dataset
+    from .paths import data_root
 
     root = data_root(root)
     click.echo(f"data root: {root.resolve()}")
@@ -303,8 +285,9 @@ def datasets_ls(root):
         except FeatxError as e:
             click.echo(f"  {name:<15} missing   {e}")
             continue
-        want = spec["images"]
-        state = "complete" if want is None or len(d.items) == want else f"INCOMPLETE (official: {want})"
+        want = spec.images
+        state = ("complete" if want is None or len(d.items) == want
+                 else f"INCOMPLETE ({len(d.items):,} of the official archive's {want:,} images)")
         click.echo(f"  {name:<15} {state:<9} {d.describe()}")
 
 
@@ -359,10 +342,12 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     featx predict).
     """
     from .cache import cache_file
-    from .datasets import data_root, load_dataset
+    from .datasets import load_dataset
     from .experiment import Config, headline_text, run, write_results
     from .extract import resolve_device
     from .metrics import nanmean
+    from .paths import dataset_cache_dir, pipelines_dir
+    from .pipeline import all_pipelines, matching_pipeline
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -374,14 +359,19 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
         raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas") from None
     device = str(resolve_device(device))
     data = load_dataset(dataset, root)
-    folder = resolve_cache_dir(cache_dir, data_root(root)) / data.name
-    if do_extract:
-        extract_nets(nets, weights, data.items, data.ids, data.name,
-                     lambda net: cache_file(folder, net, weights[net]),
-                     preprocess=preprocess, scales=scales, device=device)
+    folder = dataset_cache_dir(data.name, cache_dir, root)
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
                  preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device)
+    cfg.check(data)
+    if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
+        extract_nets(nets, weights, data.items, data.ids, data.name,
+                     lambda net: cache_file(folder, net, weights[net]),
+                     rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device)
     result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
+    # The paper's figure only where this is one of its configurations (the pipelines say which).
+    match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))
+    result["paper"] = match.paper if match else None
+    result["paper_pipeline"] = match.name if match else None
     ctx = click.get_current_context()
     result["command"] = ctx.meta.get("featx.command") or command_of(ctx)
     run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
@@ -478,16 +468,19 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
 @click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--pipelines", "pipelines_option", type=click.Path(path_type=Path),
-              help="Folder of pipeline files [env FEATX_PIPELINES, default ./pipelines or featx's own].")
+              help="Folder of pipeline files [env FEATX_PIPELINES, default: the ones shipped with featx].")
 @click.option("--device", default="auto", show_default=True, help="Device for extraction and the SVM solver.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True)
 @click.option("--gflops", type=float, help="Throughput for --dry-run's time estimate [measured: 70% of "
               "this device's matrix-multiply rate].")
+@click.option("--local-weights", help="Read a net's weight source from a file you have instead of "
+              "the hub cache: NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth (offline copies of the authors' "
+              "weights); comma-separated for both nets. Caches and results keep the source's name.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, device, dtype, batch_size,
-              solver, gflops, quiet):
+              solver, gflops, local_weights, quiet):
     """Reproduce the paper's tables: extract, train, evaluate, write the report.
 
     TARGETS: table11, table12, ablation, all, pipeline names (voc2007-DE, ...) or .toml
@@ -502,16 +495,23 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce all --device cuda
     """
     from .cost import CPU_EFFICIENCY, format_duration, matmul_gflops, tflop
-    from .datasets import data_root
     from .experiment import headline_text
     from .extract import resolve_device
-    from .pipeline import all_pipelines, pipelines_dir, select
+    from .paths import cache_dir as resolve_cache_dir, pipelines_dir
+    from .pipeline import all_pipelines, select
     from .report import write_report
     from .reproduce import plan, reproduce as run_pipelines, total_seconds
 
     folder = pipelines_dir(pipelines_option)
     chosen = select(targets or ("table11", "table12"), folder)
-    cache = resolve_cache_dir(cache_dir, data_root(root))
+    cache = resolve_cache_dir(cache_dir, root)
+    files = {}
+    for part in filter(None, (local_weights or "").split(",")):
+        net, _, value = part.partition("=")
+        if not value or ":" not in value:
+            raise click.BadParameter(f"{part!r}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth",
+                                     param_hint="--local-weights")
+        files[parse_nets(net)[0]] = value
     device = str(resolve_device(device))
     if dry_run:
         rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device)
@@ -533,7 +533,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     results, skipped = run_pipelines(chosen, root, cache, results_dir, solver=solver, device=device, dtype=dtype,
                                      batch_size=batch_size, progress=not quiet,
                                      command=command_of(click.get_current_context()),
-                                     log=lambda m: click.echo(m, err=True))
+                                     log=lambda m: click.echo(m, err=True), weight_files=files)
     for name, result in results.items():
         click.echo(f"{name}: {headline_text(result)}")
     report = write_report(results_dir, all_pipelines(folder))
@@ -548,10 +548,11 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
 @main.command()
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--pipelines", "pipelines_option", type=click.Path(path_type=Path),
-              help="Folder of pipeline files [env FEATX_PIPELINES, default ./pipelines or featx's own].")
+              help="Folder of pipeline files [env FEATX_PIPELINES, default: the ones shipped with featx].")
 def report(results_dir, pipelines_option):
     """Rewrite RESULTS_DIR/README.md and its figures from the result files there."""
-    from .pipeline import all_pipelines, pipelines_dir
+    from .paths import pipelines_dir
+    from .pipeline import all_pipelines
     from .report import write_report
 
     click.echo(f"report: {write_report(results_dir, all_pipelines(pipelines_dir(pipelines_option)))}")

@@ -77,7 +77,8 @@ def extraction_cost(net: str, items, scales, cache_path: Path, rows=None, sizes=
     """Count what `featx extract` would compute for these rows: the cache's record of what is
     done and of image sizes where it exists; otherwise image headers are read (`sizes`, when
     given, saves that)."""
-    from .cache import DescriptorCache, _read_sizes
+    from .cache import DescriptorCache
+    from .images import read_sizes
 
     rows = np.arange(len(items)) if rows is None else np.asarray(rows, dtype=np.int64)
     todo = {int(q): rows for q in scales}
@@ -86,8 +87,9 @@ def extraction_cost(net: str, items, scales, cache_path: Path, rows=None, sizes=
         todo = {q: cache.missing([q], rows).get(q, np.empty(0, np.int64)) for q in todo}
         sizes = cache.sizes()
     elif sizes is None:
-        read, _ = _read_sizes(items, 8, False, "")
-        sizes = np.array([s if s else (-1, -1) for s in read])
+        read, _ = read_sizes([items[r] for r in rows], 8)
+        sizes = np.full((len(items), 2), -1)
+        sizes[rows] = [s if s else (-1, -1) for s in read]
     flops = sum(descriptor_flops(net, tuple(sizes[r]), q, flip) for q, rs in todo.items()
                 for r in rs if sizes[r][0] > 0)
     pairs = sum(len(rs) for rs in todo.values())

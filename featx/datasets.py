@@ -21,11 +21,13 @@ import urllib.request
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS, Crop
+from .paths import data_root, shipped_splits
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -68,19 +70,21 @@ class Dataset:
             raise DatasetError(f"{self.name} has no split {name!r}; it has {', '.join(self.splits)}")
         return self.splits[name]
 
-    def rows_of(self, split_names) -> np.ndarray:
-        """Item rows (cache rows) that the samples of these splits need, in every view."""
+    def rows_of(self, split_names, views=None) -> np.ndarray:
+        """Item rows (cache rows) that the samples of these splits need, in these views (all)."""
         samples = np.unique(np.concatenate([self.split(s) for s in split_names]))
-        return np.unique(np.concatenate([v[samples] for v in self.views.values()]))
+        views = self.views if views is None else {v: self.views[v] for v in views}
+        return np.unique(np.concatenate([v[samples] for v in views.values()]))
+
+    def protocol_rows(self, views=None) -> np.ndarray:
+        """The rows the evaluation protocol reads: every sample of some split (Caltech's three
+        splits use 7,107 of Caltech-101's 9,144 images), in these views (all)."""
+        return self.rows_of(list(self.splits), views)
 
     def describe(self) -> str:
         sizes = ", ".join(f"{k} {len(v)}" for k, v in self.splits.items())
         return (f"{self.name}: {len(self.items)} images to extract, {len(self)} samples, "
                 f"{len(self.classes)} classes ({self.task}); splits: {sizes}")
-
-
-def data_root(root=None) -> Path:
-    return Path(root or os.environ.get("FEATX_DATA_ROOT") or "datasets")
 
 
 def load_dataset(name: str, root=None) -> Dataset:
@@ -89,10 +93,14 @@ def load_dataset(name: str, root=None) -> Dataset:
         return load_class_folders(Path(name[len("folder:"):]))
     if name.startswith("csv:"):
         return load_csv(Path(name[len("csv:"):]))
+    return spec_of(name).load(root)
+
+
+def spec_of(name: str) -> "DatasetSpec":
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}, "
                            "folder:DIR or csv:FILE")
-    return DATASETS[name]["load"](root)
+    return DATASETS[name]
 
 
 # -- VOC classification -------------------------------------------------------------------------
@@ -247,7 +255,12 @@ def _caltech_dir(root: Path, name: str) -> Path:
 
 
 def load_caltech(root: Path, name: str, splits_dir: Path | None = None) -> Dataset:
-    """All images of every class folder; three seeded splits (train / val / test per split)."""
+    """All JPEGs of every class folder (stray non-image files, such as the official archive's
+    BACKGROUND_Google/tmp, are ignored); three splits (train / val / test per split).
+
+    Splits come from the files featx ships for this dataset (they pin the exact images), else
+    from ROOT/splits/<name>/, drawn by the seeded rule the first time; either way each file is
+    checked against the tree."""
     base = _caltech_dir(root, name)
     spec = CALTECH[name]
     classes = tuple(sorted(p.name for p in base.iterdir() if p.is_dir()))
@@ -260,13 +273,17 @@ def load_caltech(root: Path, name: str, splits_dir: Path | None = None) -> Datas
         labels += [c] * len(files)
     labels = np.asarray(labels, dtype=np.int64)
     items = [str(base / i) for i in ids]
-    splits_dir = splits_dir or root / "splits" / name
+    shipped = shipped_splits(name) if splits_dir is None else None
+    splits_dir = splits_dir or shipped or root / "splits" / name
     splits = {}
     for k in range(1, N_SPLITS + 1):
         path = splits_dir / f"split{k}.csv"
         if not path.is_file():
+            if shipped:
+                raise DatasetError(f"{path} is missing: featx's split files for {name} are incomplete "
+                                   "(reinstall featx)")
             write_split(path, make_split(ids, labels, classes, spec["train"], spec["test"], seed=k, where=base))
-        splits.update({f"{sub}{k}": rows for sub, rows in read_split(path, ids).items()})
+        splits.update({f"{sub}{k}": rows for sub, rows in read_split(path, ids, base).items()})
     return Dataset(name, base, items, ids, classes, "multiclass", labels, splits)
 
 
@@ -301,7 +318,7 @@ def write_split(path: Path, split: dict):
     os.replace(tmp, path)
 
 
-def read_split(path: Path, ids) -> dict[str, np.ndarray]:
+def read_split(path: Path, ids, tree=None) -> dict[str, np.ndarray]:
     """{train, val, trainval, test: rows}; trainval = train + val (the whole training part)."""
     row = {i: r for r, i in enumerate(ids)}
     out = {"train": [], "val": [], "test": []}
@@ -314,7 +331,8 @@ def read_split(path: Path, ids) -> dict[str, np.ndarray]:
             if len(rec) != 2 or rec[1] not in out:
                 raise DatasetError(f"{path}:{n}: expected '<image id>,<train|val|test>', got {','.join(rec)!r}")
             if rec[0] not in row:
-                raise DatasetError(f"{path}:{n}: image {rec[0]} is not in the dataset")
+                raise DatasetError(f"{path}:{n}: image {rec[0]} is not in the dataset"
+                                   + (f" at {tree} (is the copy there complete?)" if tree else ""))
             out[rec[1]].append(row[rec[0]])
     out = {k: np.asarray(sorted(v), dtype=np.int64) for k, v in out.items()}
     out["trainval"] = np.union1d(out["train"], out["val"])
@@ -412,22 +430,40 @@ def load_csv(path: Path) -> Dataset:
 
 # -- registry, download -------------------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What featx knows of one benchmark: how to read it, how big the official archives are,
+    where they come from, and how it is scored."""
+
+    name: str
+    load: Callable[[Path], Dataset]
+    metric: str  # "map" (VOC) or "mcr" (Caltech: mean class recall)
+    images: int | None  # images in the official archives (None: not a fixed count)
+    archives: tuple  # ((url, md5), ...)
+    folder: str = ""  # under the data root [name]
+
+    @property
+    def dir(self) -> str:
+        return self.folder or self.name
+
+
 VOC_URL = "https://thor.robots.ox.ac.uk/pascal/VOC"
-DATASETS = {
-    "voc2007": {"load": lambda root: load_voc(root, "2007"), "images": 9963,
-                "archives": [(f"{VOC_URL}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
-                             (f"{VOC_URL}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f")]},
-    "voc2012": {"load": lambda root: load_voc(root, "2012"), "images": 11540,
-                "archives": [(f"{VOC_URL}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]},
-    "voc2012-action": {"load": load_voc_action, "images": None, "dir": "voc2012",
-                       "archives": [(f"{VOC_URL}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd")]},
-    "caltech101": {"load": lambda root: load_caltech(root, "caltech101"), "images": 9146,
-                   "archives": [("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
-                                 "3138e1922a9193bfa496528edbbc45d0")]},
-    "caltech256": {"load": lambda root: load_caltech(root, "caltech256"), "images": 30607,
-                   "archives": [("https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
-                                 "67b4f42ca05d46448c6bb8ecd2220f6d")]},
-}
+VOC2012_TAR = ((f"{VOC_URL}/voc2012/VOCtrainval_11-May-2012.tar", "6cd6e144f989b92b3379bac3b3de84fd"),)
+# Image counts are those of the official archives (JPEGs only): Caltech-101 holds 9,144
+# (8,677 in the 101 object classes + 467 BACKGROUND_Google); its web page says 9,146.
+DATASETS = {s.name: s for s in (
+    DatasetSpec("voc2007", lambda root: load_voc(root, "2007"), "map", 9963,
+                ((f"{VOC_URL}/voc2007/VOCtrainval_06-Nov-2007.tar", "c52e279531787c972589f7e41ab4ae64"),
+                 (f"{VOC_URL}/voc2007/VOCtest_06-Nov-2007.tar", "b6e924de25625d8de591ea690078ad9f"))),
+    DatasetSpec("voc2012", lambda root: load_voc(root, "2012"), "map", 11540, VOC2012_TAR),
+    DatasetSpec("voc2012-action", load_voc_action, "map", None, VOC2012_TAR, folder="voc2012"),
+    DatasetSpec("caltech101", lambda root: load_caltech(root, "caltech101"), "mcr", 9144,
+                (("https://data.caltech.edu/records/mzrjq-6wc02/files/caltech-101.zip",
+                  "3138e1922a9193bfa496528edbbc45d0"),)),
+    DatasetSpec("caltech256", lambda root: load_caltech(root, "caltech256"), "mcr", 30607,
+                (("https://data.caltech.edu/records/nyy15-4j048/files/256_ObjectCategories.tar",
+                  "67b4f42ca05d46448c6bb8ecd2220f6d"),)),
+)}
 
 
 def download(name: str, root=None, progress: bool = True) -> Path:
@@ -435,12 +471,11 @@ def download(name: str, root=None, progress: bool = True) -> Path:
     from torchvision.datasets.utils import extract_archive
     from tqdm.auto import tqdm
 
-    if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}: choose one of {', '.join(DATASETS)}")
+    spec = spec_of(name)
     root = data_root(root)
-    target = root / DATASETS[name].get("dir", name)
+    target = root / spec.dir
     target.mkdir(parents=True, exist_ok=True)
-    for url, md5 in DATASETS[name]["archives"]:
+    for url, md5 in spec.archives:
         archive = target / url.rsplit("/", 1)[1]
         if not (archive.is_file() and _md5(archive) == md5):
             _fetch_resumable(url, archive, progress, tqdm)

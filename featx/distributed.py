@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cache import _read_sizes
+from .images import read_sizes
 from .errors import ConfigError, EngineError
 from .extract import Batch, Extractor, check_scales
 from .nets import get_spec
@@ -268,7 +268,7 @@ class ImageWorker:
 
     def __call__(self, batch: dict) -> dict:
         items = [_item(v) for v in batch[self.column]]
-        sizes, unreadable = _read_sizes(items, self.ex.workers, progress=False, desc="")
+        sizes, unreadable = read_sizes(items, self.ex.workers)
         errors = [self._reason(unreadable[i], i) if i in unreadable else "" for i in range(len(items))]
         out = np.full((len(items), len(self.ex.scales), self.ex.dim), np.nan, np.float32)
         for done in self.ex.iter_batches(items, sizes):

@@ -27,18 +27,9 @@ from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
 
-PROVENANCE_KEYS = ("weights", "weights_file", "weights_sha256", "preprocess", "flip", "dtype", "created")
+PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
+                   "created", "featx_version")
 DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
-# Paper, Tables 11 and 12 (mAP or mean class recall, %; Caltech: mean, std over splits).
-PAPER = {
-    "voc2007": {"D": 89.3, "E": 89.3, "D,E": 89.7},
-    "voc2012": {"D": 89.0, "E": 89.0, "D,E": 89.3},
-    "caltech101": {"D": (91.8, 1.0), "E": (92.3, 0.5), "D,E": (92.7, 0.5)},
-    "caltech256": {"D": (85.0, 0.2), "E": (85.1, 0.3), "D,E": (86.2, 0.3)},
-    "voc2012-action": {"D,E/image": 79.2, "D,E/image+box": 84.0},
-}
-
-
 @dataclass
 class Config:
     dataset: str
@@ -51,6 +42,31 @@ class Config:
     solver: str = "torch"
     c_grid: tuple = DEFAULT_C_GRID
     device: str = "cpu"
+
+    @property
+    def views(self) -> tuple:
+        """What each sample is seen as: the whole image, and with image+box its person box."""
+        return ("image", "box") if self.setting == "image+box" else ("image",)
+
+    def check(self, data: Dataset) -> "Config":
+        """The one validator of a protocol configuration (CLI, pipeline files and Python)."""
+        from .aggregate import AGGREGATIONS
+        from .classifiers import SOLVERS
+        if self.aggregate not in AGGREGATIONS:
+            raise ConfigError(f"aggregate {self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
+        if self.setting not in ("image", "image+box"):
+            raise ConfigError(f"setting {self.setting!r}: choose image or image+box")
+        missing = [v for v in self.views if v not in data.views]
+        if missing:
+            raise ConfigError(f"setting {self.setting} needs {missing[0]} views of the samples, which "
+                              f"{data.name} does not have (image+box is for voc2012-action)")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"solver {self.solver!r}: choose one of {', '.join(SOLVERS)}")
+        if not self.c_grid or any(not c > 0 for c in self.c_grid):
+            raise ConfigError(f"c_grid {list(self.c_grid)}: give positive values of C")
+        if not self.nets or len(set(self.nets)) != len(self.nets):
+            raise ConfigError(f"nets {list(self.nets)}: name each net once")
+        return self
 
 
 class Descriptors:
@@ -73,7 +89,7 @@ class Descriptors:
             if self.caches[net].ids != list(data.ids):
                 raise CacheError(f"{path} was made for another version of {data.name} "
                                  f"({len(self.caches[net])} images, here {len(data.ids)})")
-        views = ("image", "box") if cfg.setting == "image+box" else ("image",)
+        views = cfg.views
         missing = {net: c.missing(cfg.scales, np.unique(np.concatenate([data.views[v] for v in views])))
                    for net, c in self.caches.items()}
         missing = {n: m for n, m in missing.items() if m}
@@ -132,8 +148,7 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
 
 def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
     """Run the dataset's protocol; returns a JSON-able result (with the trained model)."""
-    if data.name.startswith("voc2012-action") and cfg.setting not in ("image", "image+box"):
-        raise ConfigError("setting must be 'image' or 'image+box'")
+    cfg.check(data)
     start = time.perf_counter()
     desc = Descriptors(data, folder, cfg)
     n_classes = len(data.classes)
@@ -176,12 +191,11 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
         runs.append({"split": None, "C": best, "validation": grid, "scores": scores, "model": model,
                      "trained_on": names[2], "evaluated_on": names[3]})
     headline = [100 * _headline(data.task, r["scores"]) for r in runs]
-    key = ",".join(cfg.nets) + (f"/{cfg.setting}" if data.name == "voc2012-action" else "")
     return {
         "dataset": data.name, "config": asdict(cfg), "runs": runs,
         "metric": "mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
         "headline": float(np.mean(headline)), "headline_std": float(np.std(headline)) if len(runs) > 1 else None,
-        "paper": PAPER.get(data.name, {}).get(key), "classes": list(data.classes),
+        "paper": None, "classes": list(data.classes),
         "descriptors": {net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
         "seconds": time.perf_counter() - start,
     }
@@ -229,9 +243,10 @@ def headline_text(result: dict) -> str:
     h = f"{result['headline']:.1f}"
     if result["headline_std"] is not None:
         h += f" ± {result['headline_std']:.1f}"
-    paper = result["paper"]
+    paper = result.get("paper")
     if paper is None:
-        ref = "no paper figure for this configuration"
+        ref = ("no paper figure matches this configuration (dataset, nets, scales, aggregation, "
+               "setting, weights: see featx reproduce --help for the paper's)")
     elif isinstance(paper, tuple) or isinstance(paper, list):
         ref = f"paper {paper[0]} ± {paper[1]} (difference {result['headline'] - paper[0]:+.1f})"
     else:

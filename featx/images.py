@@ -161,3 +161,30 @@ def load_resized(item, q: int, index: int | None = None) -> np.ndarray:
     if (h, w) != (img.height, img.width):
         img = img.resize((w, h), Image.BILINEAR)
     return np.asarray(img)
+
+
+def read_sizes(items, workers: int = 4, progress: bool = False, desc: str = "reading image sizes"):
+    """Upright (h, w) of every item from its header, in threads: (sizes, {index: reason}).
+
+    An unreadable item's size is None and its reason is recorded; nothing is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+    from tqdm.auto import tqdm
+
+    sizes, errors = [None] * len(items), {}
+
+    def one(i):
+        try:
+            return i, read_size(items[i], i), None
+        except ImageError as e:
+            return i, None, str(e)
+        except Exception as e:  # a decoder bug is this image's failure, not the run's
+            return i, None, f"{name_of(items[i], i)}: cannot read ({type(e).__name__}: {e})"
+
+    with ThreadPoolExecutor(max(1, workers)) as pool, tqdm(total=len(items), desc=desc, unit="img",
+                                                           disable=not progress, leave=False) as bar:
+        for i, size, err in pool.map(one, range(len(items))):
+            sizes[i] = size
+            if err:
+                errors[i] = err
+            bar.update()
+    return sizes, errors

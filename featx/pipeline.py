@@ -16,16 +16,16 @@ Files are validated on load; every error names the file and the key.
 """
 from __future__ import annotations
 
-import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
-from .aggregate import AGGREGATIONS
 from .experiment import DEFAULT_C_GRID, Config
 from .nets import NETS
+from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")
 METRICS = {"map": "mAP", "mcr": "mean class recall"}
@@ -61,9 +61,16 @@ class Pipeline:
 def load_pipeline(path) -> Pipeline:
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such pipeline file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a pipeline file (give a .toml file)") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                          "TOML files are UTF-8") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML ({e})") from None
 
@@ -87,13 +94,14 @@ def load_pipeline(path) -> Pipeline:
     if not (isinstance(nets, list) and nets and all(n in NETS for n in nets) and len(set(nets)) == len(nets)):
         raise bad("nets", f"must be a list of distinct nets from {', '.join(NETS)}, got {nets!r}")
     scales = raw["scales"]
-    if not (isinstance(scales, list) and scales and all(isinstance(q, int) and q >= 224 for q in scales)):
-        raise bad("scales", f"must be a list of integers >= 224, got {scales!r}")
+    smallest = max(NETS[n].min_side for n in nets)  # the fc6 window's size in pixels
+    if not (isinstance(scales, list) and scales and all(isinstance(q, int) and q >= smallest for q in scales)):
+        raise bad("scales", f"must be a list of integers >= {smallest}, got {scales!r}")
     if raw["aggregate"] not in AGGREGATIONS:
         raise bad("aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {raw['aggregate']!r}")
     if raw["metric"] not in METRICS:
         raise bad("metric", f"must be one of {', '.join(METRICS)}, got {raw['metric']!r}")
-    expected = "mcr" if raw["dataset"].startswith("caltech") else "map"
+    expected = DATASETS[raw["dataset"]].metric
     if raw["metric"] != expected:
         raise bad("metric", f"for {raw['dataset']} is {expected}, not {raw['metric']}")
     setting = raw.get("setting", "image")
@@ -118,16 +126,6 @@ def load_pipeline(path) -> Pipeline:
                     paper=paper, note=raw.get("note", ""), baseline=raw.get("baseline", ""))
 
 
-def pipelines_dir(option=None) -> Path:
-    """--pipelines, $FEATX_PIPELINES, ./pipelines, or the ones beside the featx source."""
-    for candidate in (option, os.environ.get("FEATX_PIPELINES"), "pipelines",
-                      Path(__file__).resolve().parent.parent / "pipelines"):
-        if candidate and Path(candidate).is_dir() and any(Path(candidate).glob("*.toml")):
-            return Path(candidate)
-    raise ConfigError("no pipelines folder found (looked at --pipelines, $FEATX_PIPELINES, ./pipelines "
-                      "and beside the featx source)")
-
-
 def all_pipelines(folder: Path) -> list[Pipeline]:
     return [load_pipeline(p) for p in sorted(Path(folder).glob("*.toml"))]
 
@@ -150,3 +148,19 @@ def select(targets, folder: Path) -> list[Pipeline]:
                                   f"a .toml file or one of {', '.join(p.name for p in every)}")
         chosen += [p for p in picked if p.name not in {c.name for c in chosen}]
     return chosen
+
+
+def matching_pipeline(cfg: Config, pipelines: list[Pipeline]) -> Pipeline | None:
+    """The pipeline (so the paper's figure) whose configuration this is: same dataset, nets,
+    scales, aggregation, setting and weight sources; None if the paper has no such row."""
+    from .weights import weights_tag
+
+    def key(dataset, nets, scales, aggregate, setting, weights):
+        return (dataset, tuple(sorted(nets)), tuple(sorted(scales)), aggregate, setting,
+                tuple(sorted((n, weights_tag(weights.get(n, "torchvision"))) for n in nets)))
+
+    want = key(cfg.dataset, cfg.nets, cfg.scales, cfg.aggregate, cfg.setting, cfg.weights)
+    for p in pipelines:
+        if p.paper is not None and key(p.dataset, p.nets, p.scales, p.aggregate, p.setting, p.weights) == want:
+            return p
+    return None

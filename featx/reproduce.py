@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_file, extract_to_cache
+from .cache import cache_file
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
-from .errors import DatasetError
+from .errors import ConfigError, DatasetError
 from .experiment import run, write_results
 from .pipeline import Pipeline
+from .update import update_caches
 
 # VOC photographs are about 500x375 (SPEC.md section 5); used to estimate a dataset not on disk.
 TYPICAL_SIZE = (375, 500)
@@ -27,6 +28,11 @@ class Job:
     weights: str
     scales: tuple
     pipelines: list = field(default_factory=list)
+    views: tuple = ("image",)  # what the pipelines read of each sample (image+box: also "box")
+
+    def rows(self, data: Dataset):
+        """The rows these pipelines' protocol reads (not every image of the dataset)."""
+        return data.protocol_rows(self.views)
 
 
 def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
@@ -36,8 +42,21 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
             w = p.weights.get(net, "torchvision")
             job = jobs.setdefault((p.dataset, net, w), Job(p.dataset, net, w, ()))
             job.scales = tuple(sorted(set(job.scales) | set(p.scales)))
+            job.views = tuple(dict.fromkeys(job.views + p.config().views))
             job.pipelines.append(p.name)
     return list(jobs.values())
+
+
+def local_weights(job: Job, files: dict) -> str:
+    """The job's weight source, read from a local copy where one is given for it:
+    files = {net: "SOURCE:FILE"} (e.g. {"E": "caffe:vgg19_caffe.pth"})."""
+    given = files.get(job.net)
+    if given is None:
+        return job.weights
+    source, _, path = str(given).partition(":")
+    if not path:
+        raise ConfigError(f"--local-weights {job.net}={given}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19.pth")
+    return f"{source}:{path}" if source == job.weights else job.weights
 
 
 def load_datasets(pipelines, root) -> tuple[dict[str, Dataset], dict[str, str]]:
@@ -60,9 +79,9 @@ def plan(pipelines, root, cache_dir: Path) -> list[tuple[Job, ExtractionCost | N
         path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights)
         if job.dataset in datasets:
             data = datasets[job.dataset]
-            out.append((job, extraction_cost(job.net, data.items, job.scales, path), ""))
+            out.append((job, extraction_cost(job.net, data.items, job.scales, path, rows=job.rows(data)), ""))
             continue
-        n = DATASETS[job.dataset].get("images")
+        n = DATASETS[job.dataset].images
         if n is None:
             out.append((job, None, "not on disk; size unknown until downloaded"))
             continue
@@ -73,27 +92,29 @@ def plan(pipelines, root, cache_dir: Path) -> list[tuple[Job, ExtractionCost | N
 
 
 def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Path, solver="torch",
-              device="cpu", dtype="float32", batch_size=8, progress=True, command="", log=print):
-    """Run every pipeline whose dataset is on disk; returns ({name: result}, {name: why skipped})."""
-    from .extract import Extractor
+              device="cpu", dtype="float32", batch_size=8, progress=True, command="", log=print,
+              weight_files: dict | None = None):
+    """Run every pipeline whose dataset is on disk; returns ({name: result}, {name: why skipped}).
 
+    weight_files: {net: "SOURCE:FILE"}: read that net's SOURCE weights from a local copy."""
     datasets, missing = load_datasets(pipelines, root)
     skipped = {p.name: missing[p.dataset] for p in pipelines if p.dataset in missing}
     runnable = [p for p in pipelines if p.dataset in datasets]
     for job in jobs_of(runnable):
         data = datasets[job.dataset]
         path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights)
-        ex = Extractor(job.net, scales=job.scales, weights=job.weights, device=device, dtype=dtype,
-                       batch_size=batch_size, progress=progress)
         log(f"{job.dataset}: Net-{job.net} ({job.weights}) at Q = {', '.join(map(str, job.scales))} "
             f"for {', '.join(job.pipelines)} -> {path}")
-        summary = extract_to_cache(ex, data.items, data.ids, path, name=data.name, progress=progress)
+        summary, = update_caches([job.net], data.items, data.ids, data.name, lambda net: path,
+                                 {job.net: local_weights(job, weight_files or {})}, rows=job.rows(data),
+                                 progress=progress, log=log, scales=job.scales, device=device,
+                                 dtype=dtype, batch_size=batch_size)
         log(f"  {summary}")
     results = {}
     for p in runnable:
         log(f"== {p.name}: {p.row} on {p.dataset}")
         result = run(datasets[p.dataset], Path(cache_dir) / p.dataset, p.config(solver, device), log=log)
-        result.update(pipeline=p.name, table=p.table, command=command, paper=p.paper)
+        result.update(pipeline=p.name, table=p.table, command=command, paper=p.paper, paper_pipeline=p.name)
         write_results(result, Path(results_dir) / p.dataset, p.name)
         results[p.name] = result
     return results, skipped

@@ -75,31 +75,88 @@ KERAS_FILES = {
 }
 
 
+# Weights featx recognises by their content (tensor digest, see `state_digest`; older caches
+# recorded the file's sha256), so results and reports can say exactly what they were made with.
+PACKED_VGG19 = ("8-bit packed copy of the authors' VGG19 release (Keras port; conv1-3 and biases exact, "
+                "other tensors 8-bit; fc7 descriptors within ~0.1% of the original)")
+KNOWN_WEIGHTS = {
+    "tensors:ead1ac4d09c26b12f5a74dc5e7c464cfae5f58e01e5d81cafa1f501916cf2c4c": PACKED_VGG19,
+    # the same, as 0.2.0 caches recorded it: sha256 of the file unpack.py writes as vgg19_caffe.pth
+    "5c2bca76f6208ef2b911c1b3d0837fccddc3f3a0e6200b8df147f576ec64e3fd": PACKED_VGG19,
+}
+
+
 @dataclass
 class Weights:
-    """A loaded state_dict (torchvision layout) and everything needed to use it right."""
+    """A loaded state_dict (torchvision layout) and everything needed to use it right.
+
+    digest: sha256 over the tensors (names, dtypes, shapes, values), so the same weights saved
+    twice, or under another name, are the same source: caches key on it."""
 
     state_dict: dict = field(repr=False)
     preprocess: Preprocess
-    source: str  # "torchvision", "caffe", "file", "random"
+    source: str  # "torchvision", "caffe", "file", "random:SEED"
     path: Path | None = None
+    digest: str = ""
+
+    def __post_init__(self):
+        if self.state_dict and not self.digest:
+            self.digest = state_digest(self.state_dict, str(self.path or self.source))
 
     @property
     def tag(self) -> str:
         return weights_tag(self.path if self.source == "file" else self.source)
 
-    def checksum(self) -> str:
-        """sha256 of the weight file (or the random seed), recorded as cache provenance."""
+    @property
+    def known_as(self) -> str | None:
+        """What these weights are, if featx knows them by content (else None)."""
+        return KNOWN_WEIGHTS.get(self.digest)
+
+    def file_checksum(self) -> str:
+        """What featx 0.2.0 recorded as weights_sha256: the file's sha256 (or the source name).
+        Only used to recognise caches written before content digests."""
         if self.path is None:
             return self.source
         return file_sha256(self.path)
 
 
+def state_digest(state: dict, origin: str = "weights") -> str:
+    """sha256 over a state_dict's tensors in name order (name, dtype, shape, bytes).
+
+    Also the sanity check every loaded state passes: a tensor holding NaN or infinity, or a
+    weight tensor that is all zeros, is refused with its name (a broken file would otherwise
+    give NaN or constant descriptors that are cached as done).
+    """
+    import torch
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        if t.is_floating_point():
+            if not bool(torch.isfinite(t).all()):
+                raise WeightsError(f"{origin}: tensor {name} holds NaN or infinite values")
+            if t.dim() >= 2 and not bool(t.any()):
+                raise WeightsError(f"{origin}: tensor {name} is all zeros")
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))
+    return "tensors:" + digest.hexdigest()
+
+
+def describe_weights(digest: str) -> str | None:
+    """What weights with this digest (or 0.2.0 file sha256) are, if featx knows them."""
+    return KNOWN_WEIGHTS.get(str(digest))
+
+
 def weights_tag(weights) -> str:
-    """Short name of a weight source for file names: the source, or the file's stem."""
+    """Short name of a weight source for file names: the source, or the file's stem.
+
+    "caffe:FILE" / "torchvision:FILE" (a local copy of a named source) are tagged as the source."""
     text = str(weights)
-    if text in ("torchvision", "caffe") or text.startswith("random"):
-        return text.replace(":", "-") if ":" in text else ("random-0" if text == "random" else text)
+    name, _, rest = text.partition(":")
+    if name in ("torchvision", "caffe"):
+        return name
+    if name == "random":
+        return f"random-{rest or 0}"
     return Path(text).stem
 
 
@@ -127,20 +184,29 @@ def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = 
             raise WeightsError(f"these weights come with {weights.preprocess.name} preprocessing, "
                                f"not {preprocess!r}")
         return weights
-    if isinstance(weights, str) and weights in ("torchvision", "caffe"):
-        fixed = PREPROCESS[weights]
+    source, _, local = str(weights).partition(":") if isinstance(weights, (str, Path)) else ("", "", "")
+    if source in ("torchvision", "caffe"):
+        fixed = PREPROCESS[source]
         if chosen is not None and chosen != fixed:
-            raise WeightsError(f"{weights} weights are trained with {weights} preprocessing; "
+            raise WeightsError(f"{source} weights are trained with {source} preprocessing; "
                                f"preprocess={preprocess!r} would feed them wrongly prepared images")
-        urls = TORCHVISION_URLS if weights == "torchvision" else CAFFE_URLS
+        if local:  # "caffe:FILE": that source's weights, from a copy the user has
+            path = Path(local).expanduser()
+            if not path.is_file():
+                raise WeightsError(f"weights file {path} does not exist (given as {weights})")
+            return Weights(_load_weights_file(path, spec), fixed, source, path)
+        urls = TORCHVISION_URLS if source == "torchvision" else CAFFE_URLS
         if spec.arch not in urls:
-            raise WeightsError(f"no {weights} weights are published for {spec.arch}")
+            raise WeightsError(f"no {source} weights are published for {spec.arch}")
         # torchvision's files carry a sha256 prefix in their name; the Caffe conversions' names
         # follow another convention, so only the former are hash-checked on download.
-        path = _fetch(urls[spec.arch], check_hash=weights == "torchvision", progress=progress)
-        return Weights(_load_pth(path), fixed, weights, path)
-    if isinstance(weights, str) and weights.startswith("random"):
-        seed = int(weights.partition(":")[2] or 0)
+        path = _fetch(urls[spec.arch], check_hash=source == "torchvision", progress=progress)
+        return Weights(_load_pth(path), fixed, source, path)
+    if source == "random":
+        try:
+            seed = int(local or 0)
+        except ValueError:
+            raise WeightsError(f"weights {weights!r}: write random or random:SEED with an integer SEED") from None
         return Weights(random_state_dict(spec, seed), chosen or TORCHVISION, f"random:{seed}")
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -153,6 +219,10 @@ def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = 
                            "pass preprocess='caffe' (BGR, 0..255, mean-subtracted) or "
                            "'torchvision' (RGB, 0..1, ImageNet mean/std)")
     return Weights(_load_pth(path), chosen, "file", path)
+
+
+def _load_weights_file(path: Path, spec: NetSpec) -> dict:
+    return convert_keras_h5(path, spec) if path.suffix.lower() in (".h5", ".hdf5") else _load_pth(path)
 
 
 def _fetch(url: str, check_hash: bool, progress: bool) -> Path:
@@ -180,8 +250,15 @@ def _reason(e: Exception) -> str:
 
 
 def _load_pth(path: Path) -> dict:
+    import pickle
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message here advises weights_only=False, i.e. running the file's code:
+        # featx never does that, and never suggests it.
+        raise WeightsError(f"cannot read weights {path}: it holds pickled Python objects besides "
+                           "tensors, which featx refuses to load (loading them can run code). "
+                           "Save a plain state_dict instead: torch.save(model.state_dict(), FILE)") from None
     except Exception as e:  # torch raises several types for a bad or unsafe file
         raise WeightsError(f"cannot read weights {path}: {_reason(e)}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):

@@ -11,7 +11,8 @@ import pytest
 from filelock import FileLock
 
 from featx import CacheError, Extractor, ImageError
-from featx.cache import DONE, FAILED, DescriptorCache, extract_to_cache
+from featx.cache import DONE, FAILED, DescriptorCache
+from featx.update import extract_to_cache
 
 from conftest import make_image
 
@@ -91,7 +92,7 @@ def test_other_settings_or_image_set_are_refused(tmp_path):
     extract_to_cache(tiny(), items, ids, path, progress=False)
     with pytest.raises(CacheError, match="other settings, refusing to mix:\n  flip: file has True, this run False"):
         extract_to_cache(tiny(flip=False), items, ids, path, progress=False)
-    with pytest.raises(CacheError, match="weights_sha256: file has 'random:0', this run 'random:1'"):
+    with pytest.raises(CacheError, match="weights_digest: file has 'tensors:[0-9a-f]{64}', this run 'tensors:[0-9a-f]{64}'"):
         extract_to_cache(Extractor("T", scales=(224,), weights="random:1", device="cpu"), items, ids, path,
                          progress=False)
     with pytest.raises(CacheError, match="holds another image set"):
@@ -161,7 +162,7 @@ from conftest import TINY
 from featx.nets import NETS
 NETS["T"] = TINY
 from featx import Extractor
-from featx.cache import extract_to_cache
+from featx.update import extract_to_cache
 items = sys.argv[2:]
 ex = Extractor("T", scales=(224, 256), weights="random:0", device="cpu", batch_size=2)
 extract_to_cache(ex, items, [str(i) for i in range(len(items))], sys.argv[1], progress=False,
@@ -206,3 +207,91 @@ def test_not_a_cache(tmp_path):
         DescriptorCache(tmp_path / "other.h5")
     with pytest.raises(CacheError, match="no descriptor cache at"):
         DescriptorCache(tmp_path / "absent.h5")
+
+
+# -- format 2: weights by content, 0.2.0 caches, checksums ------------------------------------
+
+FIXTURE = HERE / "fixtures" / "featx-0.2.0-T-random-0.h5"
+
+
+def fixture_images(tmp_path):
+    """The six images tests/fixtures/make_020_cache.py wrote the 0.2.0 cache for."""
+    items = [str(make_image(tmp_path / "fix" / f"{i:03d}.png", [(300, 225), (225, 300), (320, 240)][i % 3],
+                            seed=i)) for i in range(6)]
+    return items, [Path(p).name for p in items]
+
+
+def test_a_0_2_0_cache_loads_resumes_and_gains_checksums(tmp_path):
+    import shutil
+    path = tmp_path / "old.h5"
+    shutil.copyfile(FIXTURE, path)
+    items, ids = fixture_images(tmp_path)
+    old = DescriptorCache(path)
+    assert old.attrs["featx_version"] == "0.2.0" and not old.checksummed and "weights_digest" not in old.attrs
+    fresh = tiny(scales=(224,)).extract(items)
+    # the same numbers as today's code (within float rounding: the fixture may come from another
+    # CPU, and batches of other sizes round differently in the last bit)
+    np.testing.assert_allclose(old.load(rows=[0, 1, 2, 3]), fresh[:4], rtol=1e-5, atol=1e-6)
+    # resumed by this version: the weights match by their 0.2.0 record, rows 4-5 are computed,
+    # and the file gains checksums (rows done before are checksummed as found)
+    s = extract_to_cache(tiny(scales=(224, 256)), items, ids, path, progress=False)
+    assert (s.computed, s.reused, s.failed) == (2 + 6, 4, 0)
+    new = DescriptorCache(path)
+    assert new.checksummed and new.attrs["featx_version"] == "0.2.0"  # provenance kept
+    assert np.array_equal(new.load(rows=[0, 1, 2, 3], scales=[224]), old.load(rows=[0, 1, 2, 3]))
+    np.testing.assert_allclose(new.load(), tiny().extract(items), rtol=1e-5, atol=1e-6)
+    assert all(len(new.corrupt(q)) == 0 for q in (224, 256))
+
+
+def test_weights_are_identified_by_content_not_file_name(tmp_path):
+    import torch
+    from featx.nets import NETS, random_state_dict
+    items, ids = image_set(tmp_path, n=4)
+    state = random_state_dict(NETS["T"], seed=3)
+    a, b = tmp_path / "a.pth", tmp_path / "copy" / "renamed.pth"
+    b.parent.mkdir()
+    torch.save(state, a)
+    torch.save({k: v.clone() for k, v in state.items()}, b)  # other bytes on disk, same tensors
+    path = tmp_path / "c.h5"
+    ex = Extractor("T", scales=(224,), weights=str(a), preprocess="caffe", device="cpu")
+    assert ex.weights.digest.startswith("tensors:")
+    extract_to_cache(ex, items, ids, path, progress=False)
+    again = Extractor("T", scales=(224, 256), weights=str(b), preprocess="caffe", device="cpu")
+    assert again.weights.digest == ex.weights.digest
+    s = extract_to_cache(again, items, ids, path, progress=False)
+    assert (s.computed, s.reused) == (4, 4)
+
+
+def test_flipped_descriptor_bytes_are_detected_and_recomputed(tmp_path):
+    items, ids = image_set(tmp_path, n=6)
+    path = tmp_path / "c.h5"
+    extract_to_cache(tiny(), items, ids, path, progress=False)
+    clean = DescriptorCache(path).load()
+    with h5py.File(path, "r+") as f:  # damage two rows' bytes behind featx's back
+        d = f["scales/256/descriptors"]
+        d[1, 3] = d[1, 3] + 1.0
+        d[4, 0] = -7.0
+    cache = DescriptorCache(path)
+    assert list(cache.corrupt(256)) == [1, 4] and len(cache.corrupt(224)) == 0
+    with pytest.raises(CacheError, match=r"2 descriptor\(s\) at Q=256 fail their checksum \(first: 001.png\).*"
+                                         "Run the same featx extract command again"):
+        cache.load()
+    s = extract_to_cache(tiny(), items, ids, path, progress=False)
+    assert (s.computed, s.repaired, s.reused) == (2, 2, 10)
+    assert np.array_equal(DescriptorCache(path).load(), clean)
+
+
+def test_unknown_status_bytes_and_stale_temporaries_are_repaired(tmp_path):
+    items, ids = image_set(tmp_path, n=4)
+    path = tmp_path / "c.h5"
+    extract_to_cache(tiny(scales=(224,)), items, ids, path, progress=False)
+    with h5py.File(path, "r+") as f:
+        f["scales/224/status"][2] = 77
+    (tmp_path / ".c.h5.tmp-999999").write_bytes(b"left by a killed run")
+    with pytest.raises(CacheError, match="1 of the requested images have no descriptor at Q=224 "
+                                         r"\(first: 002.png\); run featx extract"):
+        DescriptorCache(path).load()
+    s = extract_to_cache(tiny(scales=(224,)), items, ids, path, progress=False)
+    assert (s.computed, s.repaired) == (1, 1)
+    assert not list(tmp_path.glob(".c.h5.tmp-*"))
+    assert DescriptorCache(path).counts()[224] == {"done": 4, "failed": 0, "todo": 0}

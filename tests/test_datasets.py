@@ -1,3 +1,4 @@
+import dataclasses
 import io
 import tarfile
 import urllib.error
@@ -147,8 +148,8 @@ def test_datasets_ls(tmp_path):
     make_voc(tmp_path)
     make_caltech(tmp_path)
     out = CliRunner().invoke(main, ["datasets", "ls", "--root", str(tmp_path)]).output
-    assert "voc2007         INCOMPLETE (official: 9963) voc2007: 6 images to extract, 6 samples" in out
-    assert "caltech101      INCOMPLETE (official: 9146) caltech101: 108 images" in out
+    assert "voc2007         INCOMPLETE (6 of the official archive's 9,963 images) voc2007: 6 images to extract, 6 samples" in out
+    assert "caltech101      INCOMPLETE (108 of the official archive's 9,144 images) caltech101: 108 images" in out
     assert "caltech256      missing" in out
 
 
@@ -169,7 +170,7 @@ def test_download_resumes_checks_md5_and_unpacks(tmp_path, monkeypatch):
     blob = payload.getvalue()
     import hashlib
     url = "https://example.org/VOCtrainval_11-May-2012.tar"
-    monkeypatch.setitem(ds.DATASETS["voc2012"], "archives", [(url, hashlib.md5(blob).hexdigest())])
+    monkeypatch.setitem(ds.DATASETS, "voc2012", dataclasses.replace(ds.DATASETS["voc2012"], archives=((url, hashlib.md5(blob).hexdigest()),)))
     target = tmp_path / "voc2012"
     target.mkdir()
     (target / "VOCtrainval_11-May-2012.tar.part").write_bytes(blob[:1000])  # an interrupted download
@@ -183,7 +184,7 @@ def test_download_resumes_checks_md5_and_unpacks(tmp_path, monkeypatch):
     ds.download("voc2012", tmp_path, progress=False)
     assert asked == ["bytes=1000-"]
     assert (target / "VOCdevkit" / "VOC2012" / "readme.txt").read_bytes() == b"hello"
-    monkeypatch.setitem(ds.DATASETS["voc2012"], "archives", [(url, "0" * 32)])
+    monkeypatch.setitem(ds.DATASETS, "voc2012", dataclasses.replace(ds.DATASETS["voc2012"], archives=((url, "0" * 32),)))
     (target / "VOCtrainval_11-May-2012.tar").unlink()
     with pytest.raises(DatasetError, match="fails its md5 check"):
         ds.download("voc2012", tmp_path, progress=False)

@@ -120,7 +120,7 @@ def test_ray_engine_resumes_a_file_the_local_engine_started(ray_local, image_set
 
 
 def test_a_failing_worker_is_one_clear_error_and_loses_nothing(ray_local, image_set, tmp_path):
-    from featx.cache import extract_to_cache
+    from featx.update import extract_to_cache
     from featx.distributed import RayExtractor
     from featx.errors import EngineError
 

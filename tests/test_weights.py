@@ -62,8 +62,43 @@ class Evil:
 
 def test_loading_never_unpickles_arbitrary_objects(tmp_path, tiny_net):
     torch.save({"features.0.weight": Evil()}, tmp_path / "evil.pth")
-    with pytest.raises(WeightsError, match="cannot read weights"):
+    with pytest.raises(WeightsError, match="holds pickled Python objects besides tensors, which featx "
+                                           "refuses to load") as err:
         load_weights(tiny_net, tmp_path / "evil.pth", "caffe")
+    assert "weights_only" not in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda s: s["features.0.weight"].view(-1).__setitem__(3, float("nan")), "tensor features.0.weight holds NaN"),
+    (lambda s: s["classifier.3.bias"].__setitem__(0, float("inf")), "tensor classifier.3.bias holds NaN or infinite"),
+    (lambda s: s["classifier.0.weight"].zero_(), "tensor classifier.0.weight is all zeros"),
+])
+def test_broken_weights_are_refused_with_the_tensor_name(tmp_path, tiny_net, damage, message):
+    state = random_state_dict(tiny_net)
+    damage(state)
+    torch.save(state, tmp_path / "broken.pth")
+    with pytest.raises(WeightsError, match=f"broken.pth: {message}"):
+        load_weights(tiny_net, tmp_path / "broken.pth", "caffe")
+
+
+def test_a_named_source_from_a_local_copy(tmp_path, tiny_net):
+    torch.save(random_state_dict(tiny_net, seed=2), tmp_path / "copy.pth")
+    w = load_weights(tiny_net, f"caffe:{tmp_path / 'copy.pth'}")
+    assert (w.source, w.preprocess, w.path, w.tag) == ("caffe", CAFFE, tmp_path / "copy.pth", "caffe")
+    assert w.digest == load_weights(tiny_net, tmp_path / "copy.pth", "caffe").digest
+    with pytest.raises(WeightsError, match="caffe weights are trained with caffe preprocessing"):
+        load_weights(tiny_net, f"caffe:{tmp_path / 'copy.pth'}", "torchvision")
+    with pytest.raises(WeightsError, match="does not exist"):
+        load_weights(tiny_net, "torchvision:/no/such.pth")
+    with pytest.raises(WeightsError, match="write random or random:SEED with an integer SEED"):
+        load_weights(tiny_net, "random:abc")
+
+
+def test_the_shared_packed_vgg19_is_recognised(real_weights_e):
+    from featx.weights import PACKED_VGG19, describe_weights, file_sha256
+    w = load_weights(NETS["E"], f"caffe:{real_weights_e}")
+    assert w.known_as == PACKED_VGG19
+    assert describe_weights(file_sha256(real_weights_e)) == PACKED_VGG19  # as 0.2.0 caches recorded it
 
 
 def test_preprocessing_values():
