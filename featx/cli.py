@@ -16,6 +16,12 @@ class FeatxGroup(click.Group):
     """Prints featx errors as one line (no traceback) and exits 1."""
 
     def invoke(self, ctx):
+        # File names that are not valid UTF-8 reach messages as surrogate escapes: print them
+        # as \x.. rather than fail on them.
+        import sys
+        for stream in (sys.stdout, sys.stderr):
+            if hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
         except FeatxError as e:
@@ -57,9 +63,14 @@ def parse_scales(text: str) -> tuple[int, ...]:
 def parse_nets(text: str) -> list[str]:
     from .nets import get_spec
     try:
-        return [get_spec(n.strip()).name for n in text.split(",") if n.strip()]
+        nets = [get_spec(n.strip()).name for n in text.split(",") if n.strip()]
     except ConfigError as e:
-        raise click.BadParameter(str(e)) from None
+        raise click.BadParameter(str(e), param_hint="--net") from None
+    if not nets:
+        raise click.BadParameter("name at least one net: D, E or D,E", param_hint="--net")
+    if len(set(nets)) != len(nets):
+        raise click.BadParameter(f"{text!r} names a net twice", param_hint="--net")
+    return nets
 
 
 def parse_per_net(text: str | None, nets: list[str]) -> dict:
@@ -77,15 +88,26 @@ def parse_per_net(text: str | None, nets: list[str]) -> dict:
 
 
 def read_image_list(source: Path) -> tuple[list, list[str], str]:
-    """A folder (recursively, image extensions) or a text file with one path per line."""
+    """A folder (recursively, image extensions) or a text file with one path per line.
+
+    In a folder, every entry named like an image is an item, whatever it is: a dangling
+    symlink or a directory called x.jpg is then recorded as that image's failure, not skipped
+    in silence. Symlinked folders are not followed (no loops)."""
     if source.is_dir():
-        paths = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        paths = []
+        for folder, dirs, files in os.walk(source, followlinks=False):
+            paths += [Path(folder) / n for n in dirs + files if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        paths.sort()
         if not paths:
             raise ConfigError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
         return [str(p) for p in paths], [p.relative_to(source).as_posix() for p in paths], source.name
     if source.is_file():
         items, ids = [], []
-        for line in source.read_text().splitlines():
+        try:
+            text = source.read_text(encoding="utf-8", errors="surrogateescape")
+        except OSError as e:
+            raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from None
+        for line in text.splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
                 p = Path(line).expanduser()
@@ -136,7 +158,7 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Compute type; half types are meant for GPUs.")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")
-@click.option("--workers", type=int, help="Threads decoding images ahead of the net [min(4, cores)].")
+@click.option("--workers", type=click.IntRange(min=1), help="Threads decoding images ahead of the net [min(4, cores)].")
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (default: record it, go on).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -394,29 +416,27 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
 @click.option("--device", default="auto", show_default=True)
 @click.option("--top", default=3, show_default=True, help="Classes shown per image.")
 def predict(model, images, device, top):
-    """Apply classifiers saved by `featx svm` (MODEL.joblib) to new images.
+    """Apply classifiers saved by `featx svm` to new images.
 
-    The images get the descriptor the classifiers were trained on (same nets, weights,
-    scales, aggregation); shown are the best-scoring classes with their SVM scores.
+    MODEL is RUN.model.json (or RUN.joblib / RUN.model.npz beside it) in the results folder:
+    the classifier of the run's first split and the descriptor it was trained on (same nets,
+    weights, scales, aggregation), read as JSON and plain arrays: nothing is unpickled, so a
+    model file from elsewhere cannot run code. Shown: the best-scoring classes, SVM scores.
     """
-    import joblib
-    from .transform import VGGDescriptor
+    from .model import check_weights, load_model, read_model_record
 
-    bundle = joblib.load(model)
-    cfg = bundle["config"]
-    if cfg.get("setting") == "image+box":
-        raise ConfigError("this model needs person boxes (image+box); predict takes whole images only")
-    made = bundle.get("descriptors", {})
-    flips = {m.get("flip", True) for m in made.values()} or {True}
-    if len(flips) > 1:
-        raise ConfigError(f"{model}: its nets' caches differ in flipping; predict cannot match both")
-    desc = VGGDescriptor(nets=tuple(cfg["nets"]), scales=tuple(cfg["scales"]), aggregate=cfg["aggregate"],
-                         weights=cfg["weights"], preprocess=cfg.get("preprocess") or None,
-                         flip=flips.pop(), device=device)
-    scores = bundle["models"][0].decision_function(desc.fit_transform(list(images)))
-    for path, s in zip(images, scores):
+    record = read_model_record(model)
+    if record["descriptor"].get("setting") == "image+box":
+        raise ConfigError(f"{model}: this model needs person boxes (image+box); predict takes whole images only")
+    pipeline = load_model(model, device=device)
+    check_weights(pipeline, record)
+    scores = pipeline.decision_function(list(images))
+    classes = pipeline.named_steps["svm"].classes_
+    names = record["classes"]
+    for path, s in zip(images, np.atleast_2d(scores)):
         best = np.argsort(-s)[:top]
-        click.echo(f"{path}: " + ", ".join(f"{bundle['classes'][c]} {s[c]:+.2f}" for c in best))
+        click.echo(f"{path}: " + ", ".join(f"{names[int(classes[c])] if classes.dtype.kind in 'iu' else classes[c]}"
+                                          f" {s[c]:+.2f}" for c in best))
 
 
 # -- featx demo ---------------------------------------------------------------------------------

@@ -390,18 +390,25 @@ def load_csv(path: Path) -> Dataset:
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV file")
     rows = []
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = [h.strip() for h in next(reader, [])]
-        if header[:2] != ["path", "labels"]:
-            raise DatasetError(f"{path}:1: expected the header 'path,labels[,split]', got {','.join(header)!r}")
-        for n, rec in enumerate(reader, 2):
-            if not rec:
-                continue
-            if len(rec) != len(header) or not rec[1].strip():
-                raise DatasetError(f"{path}:{n}: expected {len(header)} fields with a label, got {','.join(rec)!r}")
-            rows.append((rec[0].strip(), [l.strip() for l in rec[1].split(";") if l.strip()],
-                         rec[2].strip() if len(header) > 2 else "all"))
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [h.strip() for h in next(reader, [])]
+            if header[:2] != ["path", "labels"]:
+                raise DatasetError(f"{path}:1: expected the header 'path,labels[,split]', got {','.join(header)!r}")
+            for n, rec in enumerate(reader, 2):
+                if not rec:
+                    continue
+                labels = [l.strip() for l in rec[1].split(";") if l.strip()] if len(rec) > 1 else []
+                if len(rec) != len(header) or not labels or not rec[0].strip():
+                    raise DatasetError(f"{path}:{n}: expected {len(header)} fields: a path and at least one "
+                                       f"label (several separated by ';'), got {','.join(rec)[:200]!r}")
+                rows.append((rec[0].strip(), labels, rec[2].strip() if len(header) > 2 else "all"))
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "
+                           "save the CSV as UTF-8") from None
+    except csv.Error as e:
+        raise DatasetError(f"{path}:{reader.line_num}: not a valid CSV row ({e})") from None
     if not rows:
         raise DatasetError(f"{path}: no rows")
     classes = tuple(sorted({l for _, ls, _ in rows for l in ls}))

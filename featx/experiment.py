@@ -233,10 +233,24 @@ def write_results(result: dict, out_dir: Path, run_name: str) -> list[Path]:
     json_path.write_text(json.dumps(meta, indent=2, default=str))
     md_path = out_dir / f"{run_name}.md"
     md_path.write_text(render_markdown(result, table, run_name))
+    # The classifier of the first split (VOC: the only one) with its descriptor, as arrays and
+    # JSON that featx predict reads without unpickling; the same Pipeline pickled for Python.
+    from .model import load_model, save_model
+    cfg, made = result["config"], result["descriptors"]
+    flips = {bool(m.get("flip", True)) for m in made.values()}
+    if len(flips) > 1:
+        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
+    record = {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]),
+                             "aggregate": cfg["aggregate"], "setting": cfg["setting"],
+                             "weights": dict(cfg["weights"]), "preprocess": dict(cfg["preprocess"]),
+                             "flip": flips.pop(),
+                             "weights_digest": {n: m.get("weights_digest") for n, m in made.items()}},
+              "classes": list(result["classes"]), "trained_on": result["runs"][0]["trained_on"],
+              "dataset": result["dataset"]}
+    model_json, model_npz = save_model(out_dir / run_name, record, result["runs"][0]["model"])
     model_path = out_dir / f"{run_name}.joblib"
-    joblib.dump({"config": result["config"], "classes": result["classes"], "descriptors": result["descriptors"],
-                 "models": [r["model"] for r in result["runs"]]}, model_path)
-    return [csv_path, md_path, json_path, model_path]
+    joblib.dump(load_model(model_json, device="cpu"), model_path)
+    return [csv_path, md_path, json_path, model_json, model_npz, model_path]
 
 
 def headline_text(result: dict) -> str:

@@ -31,9 +31,26 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks cuda, then mps, then cpu."""
+    """"auto" picks cuda, then mps, then cpu; a named device must exist on this machine."""
     if str(device) != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise ConfigError(f"device {str(device)!r}: write auto, cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"device {dev}: this machine has no CUDA GPU that torch can use "
+                                  "(use --device cpu, or auto)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(f"device {dev}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+        elif dev.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise ConfigError(f"device {dev}: Apple's MPS is not available here (macOS with Apple "
+                                  "silicon only); use --device cpu, or auto")
+        elif dev.type not in ("cpu", "meta"):  # meta: shapes without values (tests)
+            raise ConfigError(f"device {dev}: featx runs on cpu, cuda or mps")
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -106,6 +123,8 @@ class Extractor:
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")
+        if workers is not None and int(workers) < 1:
+            raise ConfigError(f"workers={workers}: decoding needs at least 1 thread")
         self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
         self.progress = progress
         loaded = load_weights(self.spec, weights, preprocess, progress=progress)

@@ -124,11 +124,15 @@ def _check_box(crop: Crop, size, index):
 
 def load_rgb(item, index: int | None = None) -> Image.Image:
     """Decode fully into an upright 8-bit RGB PIL image."""
-    img = _open(item.path if isinstance(item, Crop) else item, index)
+    source = item.path if isinstance(item, Crop) else item
+    img = _open(source, index)
     try:
-        img.load()
-        img = ImageOps.exif_transpose(img)
-        img = _to_rgb(img)
+        if _is_png16_color(img):
+            img = _png16_to_rgb(img, source)
+        else:
+            img.load()
+            img = ImageOps.exif_transpose(img)
+            img = _to_rgb(img)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
@@ -137,6 +141,38 @@ def load_rgb(item, index: int | None = None) -> Image.Image:
         _check_box(item, (img.height, img.width), index)
         img = img.crop(item.box)
     return img
+
+
+_ORIENT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+           6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def _is_png16_color(img: Image.Image) -> bool:
+    """A 16-bit RGB(A) PNG, which PIL can only decode by dropping the low byte (v >> 8)."""
+    return (img.format == "PNG" and bool(img.tile)
+            and getattr(img.tile[0], "args", None) in ("RGB;16B", "RGBA;16B"))
+
+
+def _png16_to_rgb(img: Image.Image, source) -> Image.Image:
+    """16-bit colour PNG -> 8-bit RGB as documented: round(v / 257), alpha over white."""
+    import png  # pypng: decodes the full 16 bits
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        reader = png.Reader(bytes=bytes(source))
+    else:
+        reader = png.Reader(filename=str(source))
+    w, h, rows, info = reader.asDirect()
+    planes = info["planes"]
+    a = np.vstack([np.asarray(r, dtype=np.float64) for r in rows]).reshape(h, w, planes) / 65535.0
+    rgb = a[..., :3]
+    if planes == 4:  # composite over white, as for 8-bit images
+        rgb = rgb * a[..., 3:] + (1.0 - a[..., 3:])
+    out = Image.fromarray(np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8), "RGB")
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:
+        orientation = 1
+    return out.transpose(_ORIENT[orientation]) if orientation in _ORIENT else out
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

@@ -64,7 +64,7 @@ def test_extract_images_then_info(tmp_path, photos):
 def test_list_file_and_out_folder_per_net(tmp_path, photos):
     lst = tmp_path / "list.txt"
     lst.write_text("# my images\nphotos/p0.jpg\n\nphotos/sub/p3.jpg\n")
-    r = run("extract", "--images", lst, "--net", "T,T", "--weights", "random", "--scales", "224",
+    r = run("extract", "--images", lst, "--net", "T", "--weights", "random", "--scales", "224",
             "--out", tmp_path / "caches", "-q")
     assert r.exit_code == 0, r.output
     c = DescriptorCache(tmp_path / "caches" / "T-random-0.h5")
@@ -72,8 +72,10 @@ def test_list_file_and_out_folder_per_net(tmp_path, photos):
 
 
 def test_errors_are_one_line(tmp_path, photos, monkeypatch):
-    r = run("extract", "--images", photos, "--net", "T,T", "--out", tmp_path / "x.h5")
+    r = run("extract", "--images", photos, "--net", "D,E", "--out", tmp_path / "x.h5")
     assert r.exit_code == 2 and "is one file but 2 nets" in r.output
+    r = run("extract", "--images", photos, "--net", "T,T")
+    assert r.exit_code == 2 and "'T,T' names a net twice" in r.output
     r = run("extract", "--images", photos, "--net", "X")
     assert r.exit_code == 2 and "unknown net 'X'" in r.output
     r = run("extract", "--images", photos, "--net", "T", "--scales", "100,256", "--weights", "random")

@@ -140,7 +140,7 @@ def test_generic_folder_and_csv(tmp_path):
     with pytest.raises(DatasetError, match=r"odd.csv: the split column names later, train; use train and test"):
         load_dataset(f"csv:{tmp_path / 'odd.csv'}")
     (tmp_path / "bad.csv").write_text("path,labels\na.jpg,\n")
-    with pytest.raises(DatasetError, match=r"bad.csv:2: expected 2 fields with a label"):
+    with pytest.raises(DatasetError, match=r"bad.csv:2: expected 2 fields: a path and at least one label"):
         load_dataset(f"csv:{tmp_path / 'bad.csv'}")
 
 

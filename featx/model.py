@@ -1,0 +1,103 @@
+"""Saved classifiers, in a form whose loading runs no code.
+
+`featx svm` writes, beside its results, RUN.model.json (what the descriptor is: nets, weights
+and their digest, preprocessing, flip, scales, aggregation; the classes; the featx version) and
+RUN.model.npz (the SVMs' coefficients, plain arrays). `load_model` reads them with json and
+numpy (allow_pickle=False) and rebuilds a scikit-learn Pipeline:
+
+    Pipeline([("vgg", VGGDescriptor(...)), ("svm", OneVsRestSVM(...) fitted)])
+
+so `featx predict` never unpickles anything: a model file from someone else cannot run code.
+(RUN.joblib, the same Pipeline pickled for Python users, is never read by featx.)
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+
+FORMAT = "featx-model"
+FORMAT_VERSION = 1
+
+
+def model_paths(path) -> tuple[Path, Path]:
+    """RUN.model.json and RUN.model.npz from any of RUN, RUN.joblib, RUN.model.json/.npz."""
+    path = Path(path)
+    name = path.name
+    for suffix in (".model.json", ".model.npz", ".joblib", ".json", ".md", ".csv"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return path.with_name(f"{name}.model.json"), path.with_name(f"{name}.model.npz")
+
+
+def save_model(path, record: dict, svm) -> tuple[Path, Path]:
+    """Write the model's JSON record and arrays. record: descriptor and classes (see module doc)."""
+    from . import __version__
+    json_path, npz_path = model_paths(path)
+    meta = dict(record, format=FORMAT, format_version=FORMAT_VERSION, featx_version=__version__,
+                classifier={"kind": "OneVsRestSVM", "C": float(svm.C), "solver": svm.solver,
+                            "multilabel": bool(svm.multilabel_), "n_features": int(svm.n_features_in_)},
+                arrays=npz_path.name)
+    np.savez(npz_path, coef=svm.coef_, intercept=svm.intercept_, classes=np.asarray(svm.classes_))
+    json_path.write_text(json.dumps(meta, indent=2, default=str))
+    return json_path, npz_path
+
+
+def read_model_record(path) -> dict:
+    json_path, _ = model_paths(path)
+    if not json_path.is_file():
+        raise ConfigError(f"{path}: no featx model record at {json_path} (featx svm writes "
+                          "RUN.model.json and RUN.model.npz beside its results)")
+    try:
+        meta = json.loads(json_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{json_path}: not a featx model record (not JSON: {e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{json_path}: not a featx model record")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ConfigError(f"{json_path}: a featx model of format {meta.get('format_version')} (written by "
+                          f"featx {meta.get('featx_version')}); this featx reads format {FORMAT_VERSION}. "
+                          "Train it again with this version (featx svm)")
+    return meta
+
+
+def load_model(path, device="auto"):
+    """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path."""
+    from sklearn.pipeline import Pipeline
+
+    from .classifiers import OneVsRestSVM
+    from .transform import VGGDescriptor
+
+    meta = read_model_record(path)
+    _, npz_path = model_paths(path)
+    try:
+        with np.load(npz_path, allow_pickle=False) as z:
+            coef, intercept, classes = z["coef"], z["intercept"], z["classes"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"{npz_path}: cannot read the model's arrays ({e})") from None
+    c, d = meta["descriptor"], meta["classifier"]
+    if coef.shape != (len(intercept), d["n_features"]):
+        raise ConfigError(f"{npz_path}: coefficients of shape {coef.shape} do not fit the record "
+                          f"({len(intercept)} classes x {d['n_features']} features)")
+    svm = OneVsRestSVM(C=d["C"], solver=d["solver"])
+    svm.coef_, svm.intercept_, svm.classes_ = coef, intercept, classes
+    svm.multilabel_, svm.n_features_in_ = d["multilabel"], d["n_features"]
+    vgg = VGGDescriptor(nets=tuple(c["nets"]), scales=tuple(c["scales"]), aggregate=c["aggregate"],
+                        weights=c["weights"], preprocess=c.get("preprocess") or None, flip=c["flip"],
+                        device=device)
+    return Pipeline([("vgg", vgg), ("svm", svm)])
+
+
+def check_weights(pipeline, record: dict) -> None:
+    """Refuse to predict with weights other than those the classifier was trained on."""
+    vgg = pipeline.named_steps["vgg"]
+    for net, want in (record["descriptor"].get("weights_digest") or {}).items():
+        got = vgg._extractor(net).weights.digest
+        if want and got != want:
+            raise ConfigError(f"the Net-{net} weights found now ({vgg._extractor(net).weights.path or got}) "
+                              "are not the ones this classifier was trained on (their tensors differ); "
+                              "give the same weights")
