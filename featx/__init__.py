@@ -1,19 +1,33 @@
 """featx: frozen VGG (Net-D / Net-E) image descriptors and linear classifiers.
 
 Reproduces the transfer-learning experiments of Simonyan & Zisserman (ICLR 2015), Appendix B.
+The public names below load on first use, so `import featx` (and `featx --help`) stays light:
+torch and scikit-learn are imported only by what needs them.
 """
-from .aggregate import aggregate, fuse, l2_normalize
+from importlib import import_module
+
 from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsError
-from .extract import Extractor
-from .images import Crop
-from .nets import NETS, DenseVGG, NetSpec
-from .transform import VGGDescriptor
-from .weights import CAFFE, TORCHVISION, Preprocess, load_weights
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
-__all__ = [
-    "Extractor", "VGGDescriptor", "aggregate", "fuse", "l2_normalize", "Crop", "NETS", "NetSpec", "DenseVGG",
-    "Preprocess", "CAFFE", "TORCHVISION", "load_weights",
-    "FeatxError", "WeightsError", "ImageError", "CacheError", "DatasetError",
-]
+_LAZY = {
+    "Extractor": "extract", "VGGDescriptor": "transform", "aggregate": "aggregate", "fuse": "aggregate",
+    "l2_normalize": "aggregate", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",
+    "Preprocess": "weights", "CAFFE": "weights", "TORCHVISION": "weights", "load_weights": "weights",
+    "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
+    "load_model": "model",
+}
+
+__all__ = sorted(_LAZY) + ["FeatxError", "WeightsError", "ImageError", "CacheError", "DatasetError"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'featx' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

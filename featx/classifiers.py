@@ -126,10 +126,19 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X):
-        return np.asarray(X, dtype=np.float64) @ self.coef_.T + self.intercept_
+        """(n_samples, n_classes) SVM scores."""
+        from sklearn.utils.validation import check_is_fitted
+        check_is_fitted(self, ("coef_", "intercept_"))
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
+            raise ConfigError(f"X has {X.shape[-1] if X.ndim else 0} features per sample, but this "
+                              f"OneVsRestSVM was fitted on {self.n_features_in_}")
+        return X @ self.coef_.T + self.intercept_
 
     def predict(self, X):
+        """Multi-class: the best-scoring class. Multi-label: scikit-learn's 0/1 indicator matrix
+        (1 where a class's score is positive)."""
         scores = self.decision_function(X)
         if self.multilabel_:
-            return np.where(scores > 0, 1, -1)
+            return (scores > 0).astype(np.int64)
         return self.classes_[scores.argmax(1)]

@@ -252,7 +252,9 @@ def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=Fa
 @main.command()
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--failures", is_flag=True, help="List every image that failed, with the reason.")
-def info(paths, failures):
+@click.option("--verify", is_flag=True, help="Check every done row against its checksum (reads the "
+              "whole file); exit 1 if any fails. featx extract recomputes the rows that do.")
+def info(paths, failures, verify):
     """Show what descriptor caches hold: nets, weights, scales, done / failed counts.
 
     PATHS are cache files or folders (searched for *.h5).
@@ -264,25 +266,41 @@ def info(paths, failures):
         files += sorted(p.rglob("*.h5")) if p.is_dir() else [p]
     if not files:
         raise ConfigError(f"no .h5 files under {', '.join(map(str, paths))}")
+    damaged = 0
     for path in files:
         c = DescriptorCache(path)
         a = c.attrs
-        sha = str(a.get("weights_sha256", ""))
+        from .weights import describe_weights
+        digest = str(a.get("weights_digest") or a.get("weights_sha256", ""))
+        known = describe_weights(digest)
         click.echo(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
         click.echo(f"  image set   {a.get('image_set')!s}: {len(c)} images")
         click.echo(f"  net         Net-{a['net']} ({a['arch']}), {a['dim']}-D fc7, {a.get('dtype')}")
-        click.echo(f"  weights     {a['weights']} {a.get('weights_file') or ''} sha256 {sha[:12]}")
+        click.echo(f"  weights     {a['weights']} {a.get('weights_file') or ''} "
+                   f"{'digest ' + digest[8:20] if digest.startswith('tensors:') else 'file sha256 ' + digest[:12]}"
+                   + (f"\n              = {known}" if known else ""))
         click.echo(f"  preprocess  {a['preprocess']} ({a['channel_order']}, mean {a['mean']}, std {a['std']})")
         click.echo(f"  flip        {bool(a['flip'])}; resize {a['interpolation']}")
         click.echo(f"  made by     featx {a.get('featx_version')}, torch {a.get('torch_version')}, {a.get('created')}")
         for q, n in c.counts().items():
             click.echo(f"  Q={q:<5} done {n['done']:>7}  failed {n['failed']:>5}  to do {n['todo']:>7}")
+        if not c.checksummed:
+            click.echo("  checksums   none yet (written by featx 0.2.0; added when featx extract next writes to it)")
+        if verify:
+            for q in c.scales:
+                bad = c.corrupt(q)
+                damaged += len(bad)
+                click.echo(f"  verify Q={q:<5} {'ok' if not len(bad) else f'{len(bad)} row(s) FAIL their checksum'}"
+                           + (f" (first: {c.ids[bad[0]]})" if len(bad) else ""))
         errs = c.errors()
         if failures:
             for id_, reason in errs.items():
                 click.echo(f"  failed {id_}: {reason}")
         elif errs:
             click.echo(f"  {len(errs)} image(s) failed (--failures lists them)")
+    if damaged:
+        raise click.ClickException(f"{damaged} row(s) fail their checksum; run the featx extract command "
+                                   "that made the file again: it recomputes exactly those rows")
 
 
 # -- featx datasets -----------------------------------------------------------------------------

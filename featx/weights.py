@@ -23,11 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from .errors import WeightsError
-from .nets import NetSpec, random_state_dict
+
+if TYPE_CHECKING:  # torch loads only when weights do: `featx info` and `--help` stay light
+    import torch
+
+    from .nets import NetSpec
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,10 @@ class Preprocess:
     mean: tuple
     std: tuple = (1.0, 1.0, 1.0)
 
-    def __call__(self, x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """(B, 3, H, W) uint8 RGB -> normalised float input, channels-last."""
+    def __call__(self, x: "torch.Tensor", dtype=None) -> "torch.Tensor":
+        """(B, 3, H, W) uint8 RGB -> normalised float input (dtype: float32), channels-last."""
+        import torch
+        dtype = dtype or torch.float32
         x = x.float()
         if self.channel_order == "BGR":
             x = x.flip(1)
@@ -170,10 +177,11 @@ def file_sha256(path: Path, block: int = 1 << 22) -> str:
 
 def hub_path(url: str) -> Path:
     """Where torch.hub keeps (or will keep) the file behind `url`."""
+    import torch
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = None,
+def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None = None,
                  progress: bool = True) -> Weights:
     """Resolve a weight source for `spec` into a state_dict and its preprocessing."""
     chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
@@ -207,6 +215,7 @@ def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = 
             seed = int(local or 0)
         except ValueError:
             raise WeightsError(f"weights {weights!r}: write random or random:SEED with an integer SEED") from None
+        from .nets import random_state_dict
         return Weights(random_state_dict(spec, seed), chosen or TORCHVISION, f"random:{seed}")
     path = Path(weights).expanduser()
     if not path.is_file():
@@ -221,7 +230,7 @@ def load_weights(spec: NetSpec, weights="torchvision", preprocess: str | None = 
     return Weights(_load_pth(path), chosen, "file", path)
 
 
-def _load_weights_file(path: Path, spec: NetSpec) -> dict:
+def _load_weights_file(path: Path, spec: "NetSpec") -> dict:
     return convert_keras_h5(path, spec) if path.suffix.lower() in (".h5", ".hdf5") else _load_pth(path)
 
 
@@ -230,6 +239,7 @@ def _fetch(url: str, check_hash: bool, progress: bool) -> Path:
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
+    import torch
     try:
         torch.hub.download_url_to_file(url, str(path), hash_prefix=_hash_prefix(path) if check_hash
                                        else None, progress=progress)
@@ -251,6 +261,8 @@ def _reason(e: Exception) -> str:
 
 def _load_pth(path: Path) -> dict:
     import pickle
+
+    import torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -268,7 +280,7 @@ def _load_pth(path: Path) -> dict:
     return state
 
 
-def keras_layer_names(spec: NetSpec) -> list[str]:
+def keras_layer_names(spec: "NetSpec") -> list[str]:
     """Keras' names for the conv layers: block1_conv1, block1_conv2, block2_conv1, ..."""
     names, block, conv = [], 1, 0
     for v in spec.layers:
@@ -280,7 +292,7 @@ def keras_layer_names(spec: NetSpec) -> list[str]:
     return names
 
 
-def convert_keras_h5(path: Path, spec: NetSpec, with_fc8: bool = True) -> dict:
+def convert_keras_h5(path: Path, spec: "NetSpec", with_fc8: bool = True) -> dict:
     """Read a Keras VGG weight file into a torchvision-layout state_dict.
 
     Keras stores conv kernels as (kh, kw, in, out) and dense kernels as (in, out); its
@@ -288,6 +300,7 @@ def convert_keras_h5(path: Path, spec: NetSpec, with_fc8: bool = True) -> dict:
     fc6's input rows are permuted: torch[o, c*49 + h*7 + w] = keras[(h*7 + w)*C + c, o].
     """
     import h5py
+    import torch
 
     def tensors(root, layer):
         if layer not in root:

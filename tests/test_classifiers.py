@@ -23,7 +23,19 @@ def test_separable_data_is_learnt_perfectly(solver):
     Y = np.where(np.eye(5)[y] > 0, 1, -1)
     ml = OneVsRestSVM(C=10, solver=solver).fit(X[:200], Y[:200])
     assert np.nanmean(per_class_ap(ml.decision_function(X[200:]), Y[200:])["ap11"]) == 1.0
-    assert (ml.predict(X[200:]) == Y[200:]).all()
+    assert (ml.predict(X[200:]) == (Y[200:] > 0)).all()  # scikit-learn's 0/1 indicator
+
+
+def test_unfitted_and_mismatched_inputs_are_clear_errors():
+    from sklearn.exceptions import NotFittedError
+    from featx.errors import ConfigError
+    X, y = blobs(60, 8, 3, 0.1, 0)
+    with pytest.raises(NotFittedError):
+        OneVsRestSVM().predict(X)
+    m = OneVsRestSVM().fit(X, y)
+    assert m.n_features_in_ == 8
+    with pytest.raises(ConfigError, match="X has 5 features per sample, but this OneVsRestSVM was fitted on 8"):
+        m.predict(X[:, :5])
 
 
 def test_solvers_agree_on_noisy_data():

@@ -126,3 +126,16 @@ def test_demo_offline_without_weights_says_what_to_do(tmp_path, monkeypatch):
     assert r.exit_code == 1
     assert "cannot download https://download.pytorch.org/models/vgg16-397923af.pth" in r.output
     assert "Offline, give featx demo a weights file: --net E --weights E=/path/vgg19.pth --preprocess caffe" in r.output
+
+
+def test_help_and_info_import_no_torch(tmp_path, photos):
+    import subprocess
+    import sys
+    run("extract", "--images", photos, "--net", "T", "--weights", "random", "--scales", "224",
+        "--out", tmp_path / "c.h5", "-q")
+    for args in (["--help"], ["info", str(tmp_path / "c.h5")]):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "featx", *args],
+                           capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        loaded = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
+        assert not {"torch", "torchvision", "sklearn"} & loaded, args
