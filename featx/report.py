@@ -178,7 +178,7 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
             why = protocol_differences(p, r) if r is not None else None
             if why:
                 lines += [why, ""]
-            if r is not None and table != "ablation":
+            if r is not None:
                 what = "AP" if p.metric == "map" else "recall"
                 where = ", ".join(x["evaluated_on"] for x in r["runs"])
                 png = per_class_figure(r, r["_path"].with_suffix(".csv"), figures / f"{p.name}-per-class.png",
