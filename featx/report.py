@@ -197,7 +197,8 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                 png = ablation_figure(f"{dataset} vs {base}", bars, figures / f"ablation-{base}.png")
                 lines += [f"![{dataset} ablations against {base}](figures/{png.name})", ""]
     known = {(p.dataset, p.name) for p in pipelines}
-    others = sorted(path for path in results_dir.glob("*/*.json") if (path.parent.name, path.stem) not in known)
+    others = sorted(path for path in results_dir.glob("*/*.json")  # result files, not model records
+                    if (path.parent.name, path.stem) not in known and not path.name.endswith(".model.json"))
     if others:
         lines += ["## Other runs (featx svm outside the pipelines)", "",
                   "| dataset | run | result | nets, weights, scales | C | evaluated on | command |",
