@@ -90,7 +90,7 @@ class Descriptors:
                 raise CacheError(f"{path} was made for another version of {data.name} "
                                  f"({len(self.caches[net])} images, here {len(data.ids)})")
         views = cfg.views
-        missing = {net: c.missing(cfg.scales, np.unique(np.concatenate([data.views[v] for v in views])))
+        missing = {net: c.missing(cfg.scales, data.protocol_rows(views))  # what the splits read
                    for net, c in self.caches.items()}
         missing = {n: m for n, m in missing.items() if m}
         if missing:
