@@ -67,7 +67,7 @@ def kill_trials(n, images, work, reference, rng, log):
             out.unlink()  # half the trials start fresh, half resume a file earlier trials left
         for _ in range(rng.choice([1, 1, 2])):
             p = subprocess.Popen(featx_cmd(images, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.5, 8.0))
+            time.sleep(rng.uniform(0.5, 6.0))
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 kills += 1
