@@ -18,19 +18,23 @@ from .errors import ConfigError
 SOLVERS = ("torch", "liblinear")
 
 
-def _targets(y, classes=None):
-    """y -> (classes, ±1 targets (n, C), sample weights (n, C), multilabel?)."""
-    y = np.asarray(y)
+def _targets(y):
+    """y -> (classes, ±1 targets (n, k), sample weights (n, k), multilabel?). Multi-label y is
+    (n, C) in {1, 0, -1}; a binary y gets one column (+1 = classes[1]), as scikit-learn's."""
     if y.ndim == 2:  # multi-label: 1 positive, -1 negative, 0 ignored
         t = np.where(y > 0, 1.0, -1.0)
         return np.arange(y.shape[1]), t, (y != 0).astype(np.float64), True
-    classes = np.unique(y) if classes is None else classes
-    t = np.where(y[:, None] == classes[None, :], 1.0, -1.0)
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"y holds {len(classes)} class; a classifier needs at least 2")
+    positive = classes[1:] if len(classes) == 2 else classes
+    t = np.where(y[:, None] == positive[None, :], 1.0, -1.0)
     return classes, t, np.ones_like(t), False
 
 
 def fit_squared_hinge(X, T, S, C, tol=1e-4, max_iter=100, device="cpu", dtype=torch.float64):
-    """Newton-CG on all columns of T at once. X (n, d), T / S (n, k) -> W (d + 1, k), last row bias."""
+    """Newton-CG on all columns of T at once. X (n, d), T / S (n, k) -> (W (d + 1, k), last row
+    bias; the number of Newton iterations)."""
     dev = torch.device(device)
     X = torch.as_tensor(np.asarray(X), dtype=dtype, device=dev)
     X = torch.cat([X, torch.ones(len(X), 1, dtype=dtype, device=dev)], 1)
@@ -50,7 +54,8 @@ def fit_squared_hinge(X, T, S, C, tol=1e-4, max_iter=100, device="cpu", dtype=to
     n_neg = (counted & (T < 0)).sum(0)
     eps = tol * torch.clamp(torch.minimum(n_pos, n_neg), min=1).to(dtype) / counted.sum(0).clamp_min(1).to(dtype)
     g0 = None
-    for _ in range(max_iter):
+    n_iter = 0
+    for n_iter in range(1, max_iter + 1):
         margin = T * (X @ W)
         active = S * (margin < 1)                       # D: samples inside the margin
         grad = W + 2 * C * (X.T @ (active * (margin - 1) * T))
@@ -87,7 +92,7 @@ def fit_squared_hinge(X, T, S, C, tol=1e-4, max_iter=100, device="cpu", dtype=to
             step = torch.where(ok, step, step / 2)
         W = W + step * d
         f = objective(W)
-    return W.cpu().numpy()
+    return W.cpu().numpy(), n_iter
 
 
 class OneVsRestSVM(ClassifierMixin, BaseEstimator):
@@ -105,16 +110,30 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X, y):
+        import warnings
+
+        from sklearn.exceptions import DataConversionWarning
+        from sklearn.utils.multiclass import check_classification_targets
+        from sklearn.utils.validation import validate_data
+
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver={self.solver!r}: choose one of {', '.join(SOLVERS)}")
-        X = np.asarray(X, dtype=np.float64)
+        X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=False)
+        if y.ndim == 2 and y.shape[1] == 1:
+            warnings.warn("A column-vector y was passed when a 1d array was expected; read as "
+                          "the labels it holds", DataConversionWarning, stacklevel=2)
+            y = y.ravel()
+        if y.ndim == 2:
+            if not np.isin(y, (-1, 0, 1)).all():
+                raise ValueError("multi-label y must hold 1 (positive), -1 (negative) or 0 (ignored)")
+        else:
+            check_classification_targets(y)
         self.classes_, T, S, self.multilabel_ = _targets(y)
-        self.n_features_in_ = X.shape[1]
         if self.solver == "torch":
-            W = fit_squared_hinge(X, T, S, self.C, self.tol, self.max_iter, self.device)
+            W, self.n_iter_ = fit_squared_hinge(X, T, S, self.C, self.tol, self.max_iter, self.device)
         else:
             from sklearn.svm import LinearSVC
-            W = np.zeros((X.shape[1] + 1, T.shape[1]))
+            W, self.n_iter_ = np.zeros((X.shape[1] + 1, T.shape[1])), 0
             for c in range(T.shape[1]):
                 keep = S[:, c] > 0
                 svm = LinearSVC(C=self.C, loss="squared_hinge", penalty="l2", dual=False,
@@ -122,18 +141,19 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
                 svm.fit(X[keep], T[keep, c])
                 sign = 1.0 if svm.classes_[1] == 1 else -1.0
                 W[:-1, c], W[-1, c] = sign * svm.coef_[0], sign * svm.intercept_[0]
+                self.n_iter_ = max(self.n_iter_, int(svm.n_iter_))
         self.coef_, self.intercept_ = W[:-1].T.copy(), W[-1].copy()
         return self
 
     def decision_function(self, X):
-        """(n_samples, n_classes) SVM scores."""
-        from sklearn.utils.validation import check_is_fitted
+        """SVM scores: (n_samples, n_classes), or (n_samples,) for two classes (positive:
+        classes_[1]), as scikit-learn's linear classifiers."""
+        from sklearn.utils.validation import check_is_fitted, validate_data
         check_is_fitted(self, ("coef_", "intercept_"))
-        X = np.asarray(X, dtype=np.float64)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ConfigError(f"X has {X.shape[-1] if X.ndim else 0} features per sample, but this "
-                              f"OneVsRestSVM was fitted on {self.n_features_in_}")
-        return X @ self.coef_.T + self.intercept_
+        # a wrong feature count: "X has 5 features, but OneVsRestSVM is expecting 8 ..." (ValueError)
+        X = validate_data(self, X, dtype=np.float64, reset=False)
+        scores = X @ self.coef_.T + self.intercept_
+        return scores[:, 0] if scores.shape[1] == 1 and not self.multilabel_ else scores
 
     def predict(self, X):
         """Multi-class: the best-scoring class. Multi-label: scikit-learn's 0/1 indicator matrix
@@ -141,4 +161,6 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         scores = self.decision_function(X)
         if self.multilabel_:
             return (scores > 0).astype(np.int64)
+        if scores.ndim == 1:
+            return self.classes_[(scores > 0).astype(np.int64)]
         return self.classes_[scores.argmax(1)]

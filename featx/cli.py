@@ -383,11 +383,14 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     """
     from .cache import cache_file
     from .datasets import load_dataset
-    from .experiment import Config, headline_text, run, write_results
+    from dataclasses import replace
+
+    from .experiment import Config, run
     from .extract import resolve_device
     from .metrics import nanmean
     from .paths import dataset_cache_dir, pipelines_dir
     from .pipeline import all_pipelines, matching_pipeline
+    from .results import write_result
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -410,20 +413,19 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))
-    result["paper"] = match.paper if match else None
-    result["paper_pipeline"] = match.name if match else None
     ctx = click.get_current_context()
-    result["command"] = ctx.meta.get("featx.command") or command_of(ctx)
+    result = replace(result, paper=match.paper if match else None, paper_pipeline=match.name if match else None,
+                     command=ctx.meta.get("featx.command") or command_of(ctx))
     run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
                                     + ([setting.replace("+", "")] if data.name == "voc2012-action" else []))
-    paths = write_results(result, results_dir / data.name, run_name)
-    r = result["runs"][0]
-    click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in r["scores"]))
+    paths = write_result(result, results_dir / data.name, run_name)
+    metrics = list(result.runs[0].scores)
+    click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in metrics))
     for c, cls in enumerate(data.classes):
-        vals = [nanmean([run_["scores"][k][c] for run_ in result["runs"]]) for k in r["scores"]]
+        vals = [nanmean([r.scores[k][c] for r in result.runs]) for k in metrics]
         click.echo(f"{cls:<20} " + "  ".join(f"{100 * v:7.1f}" for v in vals))
-    click.echo(headline_text(result))
-    chosen = ", ".join(f"{x['C']:g}" for x in result["runs"])
+    click.echo(result.headline_text())
+    chosen = ", ".join(f"{c:g}" for c in result.chosen_c)
     click.echo(f"chosen C: {chosen}; wrote "
                + ", ".join(str(p) for p in paths))
 
@@ -449,6 +451,8 @@ def predict(model, images, device, top):
     pipeline = load_model(model, device=device)
     check_weights(pipeline, record)
     scores = pipeline.decision_function(list(images))
+    if scores.ndim == 1:  # two classes: one score, positive for the second
+        scores = np.stack([-scores, scores], axis=1)
     classes = pipeline.named_steps["svm"].classes_
     names = record["classes"]
     for path, s in zip(images, np.atleast_2d(scores)):
@@ -533,23 +537,16 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce all --device cuda
     """
     from .cost import CPU_EFFICIENCY, format_duration, matmul_gflops, tflop
-    from .experiment import headline_text
     from .extract import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
     from .pipeline import all_pipelines, select
     from .report import write_report
-    from .reproduce import plan, reproduce as run_pipelines, total_seconds
+    from .reproduce import parse_local_weights, plan, reproduce as run_pipelines, total_seconds
 
     folder = pipelines_dir(pipelines_option)
     chosen = select(targets or ("table11", "table12"), folder)
     cache = resolve_cache_dir(cache_dir, root)
-    files = {}
-    for part in filter(None, (local_weights or "").split(",")):
-        net, _, value = part.partition("=")
-        if not value or ":" not in value:
-            raise click.BadParameter(f"{part!r}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth",
-                                     param_hint="--local-weights")
-        files[parse_nets(net)[0]] = value
+    files = parse_local_weights(local_weights)
     device = str(resolve_device(device))
     if dry_run:
         rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device)
@@ -573,7 +570,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
                                      command=command_of(click.get_current_context()),
                                      log=lambda m: click.echo(m, err=True), weight_files=files)
     for name, result in results.items():
-        click.echo(f"{name}: {headline_text(result)}")
+        click.echo(f"{name}: {result.headline_text()}")
     report = write_report(results_dir, all_pipelines(folder))
     click.echo(f"report: {report}")
     if skipped:

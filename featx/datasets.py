@@ -282,28 +282,45 @@ def load_caltech(root: Path, name: str, splits_dir: Path | None = None) -> Datas
             if shipped:
                 raise DatasetError(f"{path} is missing: featx's split files for {name} are incomplete "
                                    "(reinstall featx)")
-            write_split(path, make_split(ids, labels, classes, spec["train"], spec["test"], seed=k, where=base))
+            split = seeded_split(labels, classes, k, spec["train"], spec["test"], where=base)
+            write_split(path, {s: [ids[i] for i in split[s]] for s in ("train", "val", "test")})
         splits.update({f"{sub}{k}": rows for sub, rows in read_split(path, ids, base).items()})
     return Dataset(name, base, items, ids, classes, "multiclass", labels, splits)
 
 
-def make_split(ids, labels, classes, n_train, n_test, seed, where=None) -> dict[str, list]:
-    """Per class: shuffle (seeded), first n_train train (of which 20% val), next n_test test
-    (all the rest when n_test is None)."""
+def seeded_split(labels: np.ndarray, classes, seed: int, n_train: int | None = None,
+                 n_test: int | None = None, where=None) -> dict[str, np.ndarray]:
+    """featx's one split rule, for every dataset without official splits: per class (a
+    multi-label collection is one group), shuffle with seed `seed`, take the first n_train
+    (default: half) to train, 20% of those (at least 1) held out to choose C, then the next
+    n_test (default: all the rest) to test. Returns sorted rows per subset, and trainval."""
     rng = np.random.default_rng(seed)
-    out = {"train": [], "val": [], "test": []}
-    n_val = int(round(VAL_FRACTION * n_train))
-    for c, cls in enumerate(classes):
-        rows = np.flatnonzero(labels == c)
-        if len(rows) <= n_train:
-            raise DatasetError(f"{where}/{cls}: {len(rows)} images, but the protocol trains on "
+    groups = ([np.flatnonzero(labels == c) for c in range(len(classes))] if labels.ndim == 1
+              else [np.arange(len(labels))])
+    part = {"train": [], "val": [], "test": []}
+    for c, rows in enumerate(groups):
+        what = f"{where}/{classes[c]}" if labels.ndim == 1 else str(where)
+        if n_train is None and len(rows) < 4:
+            raise DatasetError(f"{what}: {len(rows)} images; at least 4 are needed to train, "
+                               "choose C and test")
+        if n_train is not None and len(rows) <= n_train:
+            raise DatasetError(f"{what}: {len(rows)} images, but the protocol trains on "
                                f"{n_train} per class and needs at least one more to test")
         rows = rows[rng.permutation(len(rows))]
-        train, test = rows[:n_train], rows[n_train:] if n_test is None else rows[n_train:n_train + n_test]
-        out["val"] += [ids[i] for i in train[:n_val]]
-        out["train"] += [ids[i] for i in train[n_val:]]
-        out["test"] += [ids[i] for i in test]
+        n = len(rows) // 2 if n_train is None else n_train
+        n_val = max(1, int(round(VAL_FRACTION * n)))
+        part["val"] += list(rows[:n_val])
+        part["train"] += list(rows[n_val:n])
+        part["test"] += list(rows[n:] if n_test is None else rows[n:n + n_test])
+    out = {name: np.sort(np.asarray(rows, dtype=np.int64)) for name, rows in part.items()}
+    out["trainval"] = np.union1d(out["train"], out["val"])
     return out
+
+
+def numbered_splits(labels, classes, n_splits: int = N_SPLITS, where=None) -> dict:
+    """{train1, val1, trainval1, test1, train2, ...}: seeded_split with seeds 1..n_splits."""
+    return {f"{name}{k}": rows for k in range(1, n_splits + 1)
+            for name, rows in seeded_split(labels, classes, k, where=where).items()}
 
 
 def write_split(path: Path, split: dict):
@@ -342,7 +359,7 @@ def read_split(path: Path, ids, tree=None) -> dict[str, np.ndarray]:
 # -- generic ------------------------------------------------------------------------------------
 
 def load_class_folders(path: Path) -> Dataset:
-    """DIR/<class>/<image>: one class per folder; three seeded held-out splits (holdout_splits)."""
+    """DIR/<class>/<image>: one class per folder; three seeded held-out splits (numbered_splits)."""
     if not path.is_dir():
         raise DatasetError(f"{path}: no such folder (expected DIR/<class>/<image files>)")
     classes = tuple(sorted(p.name for p in path.iterdir() if p.is_dir()))
@@ -355,34 +372,7 @@ def load_class_folders(path: Path) -> Dataset:
         raise DatasetError(f"{path}: no images in class folders")
     labels = np.asarray(labels, dtype=np.int64)
     return Dataset(path.name, path, [str(path / i) for i in ids], ids, classes, "multiclass",
-                   labels, holdout_splits(labels, classes, where=path))
-
-
-def holdout_splits(labels: np.ndarray, classes, n_splits: int = N_SPLITS, where=None) -> dict:
-    """Caltech-style splits for a collection without its own: seeded (k = 1..n_splits), per
-    class half of the images train (20% of those validation, for C), the rest test.
-    Multi-label collections are split without stratification."""
-    splits = {}
-    for k in range(1, n_splits + 1):
-        rng = np.random.default_rng(k)
-        groups = ([np.flatnonzero(labels == c) for c in range(len(classes))] if labels.ndim == 1
-                  else [np.arange(len(labels))])
-        part = {"train": [], "val": [], "test": []}
-        for c, rows in enumerate(groups):
-            if len(rows) < 4:
-                what = f"{where}/{classes[c]}" if labels.ndim == 1 else str(where)
-                raise DatasetError(f"{what}: {len(rows)} images; at least 4 are needed to train, "
-                                   "choose C and test")
-            rows = rows[rng.permutation(len(rows))]
-            n_train = len(rows) // 2
-            n_val = max(1, int(round(VAL_FRACTION * n_train)))
-            part["val"] += list(rows[:n_val])
-            part["train"] += list(rows[n_val:n_train])
-            part["test"] += list(rows[n_train:])
-        for name, rows in part.items():
-            splits[f"{name}{k}"] = np.sort(np.asarray(rows, dtype=np.int64))
-        splits[f"trainval{k}"] = np.union1d(splits[f"train{k}"], splits[f"val{k}"])
-    return splits
+                   labels, numbered_splits(labels, classes, where=path))
 
 
 def load_csv(path: Path) -> Dataset:
@@ -427,7 +417,7 @@ def load_csv(path: Path) -> Dataset:
         splits.setdefault(s, []).append(r)
     splits = {k: np.asarray(v, dtype=np.int64) for k, v in splits.items()}
     if set(splits) == {"all"}:  # no split column: held-out splits as for a class folder
-        splits = holdout_splits(labels, classes, where=path)
+        splits = numbered_splits(labels, classes, where=path)
     elif "train" not in splits or not ({"val", "test"} & set(splits)):
         raise DatasetError(f"{path}: the split column names {', '.join(sorted(splits))}; "
                            "use train and test (and optionally val), or leave the column out")

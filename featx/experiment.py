@@ -12,8 +12,6 @@ A folder or CSV collection without its own splits gets three seeded held-out spl
 """
 from __future__ import annotations
 
-import json
-import platform
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +24,7 @@ from .classifiers import OneVsRestSVM
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
+from .results import Result, SplitRun
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
@@ -125,10 +124,9 @@ def _subset(X_all: np.ndarray, all_rows: np.ndarray, rows: np.ndarray) -> np.nda
 
 
 def _score(task, model, X, y, n_classes):
-    s = model.decision_function(X)
     if task == "multilabel":
-        return per_class_ap(s, y)
-    return {"recall": class_recalls(y, model.classes_[s.argmax(1)], n_classes)}
+        return per_class_ap(model.decision_function(X), y)
+    return {"recall": class_recalls(y, model.predict(X), n_classes)}
 
 
 def _headline(task, scores):
@@ -146,8 +144,8 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     return best, results
 
 
-def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
-    """Run the dataset's protocol; returns a JSON-able result (with the trained model)."""
+def run(data: Dataset, folder: Path, cfg: Config, log=print) -> Result:
+    """Run the dataset's protocol; the Result holds the trained models of its splits."""
     cfg.check(data)
     start = time.perf_counter()
     desc = Descriptors(data, folder, cfg)
@@ -163,8 +161,7 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
                                    _subset(Xtv, tv, va), data.labels[va], n_classes, log)
             model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(Xtv, data.labels[tv])
             scores = _score(data.task, model, desc(te), data.labels[te], n_classes)
-            runs.append({"split": k, "C": best, "validation": grid, "scores": scores, "model": model,
-                         "trained_on": f"trainval{k}", "evaluated_on": f"test{k}"})
+            runs.append(SplitRun(k, best, grid, f"trainval{k}", f"test{k}", scores=scores, model=model))
             k += 1
     else:
         splits = data.splits
@@ -188,102 +185,12 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> dict:
                                _subset(X_fit, fit_on, va), data.labels[va], n_classes, log)
         model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(X_fit, data.labels[fit_on])
         scores = _score(data.task, model, desc(ev), data.labels[ev], n_classes)
-        runs.append({"split": None, "C": best, "validation": grid, "scores": scores, "model": model,
-                     "trained_on": names[2], "evaluated_on": names[3]})
-    headline = [100 * _headline(data.task, r["scores"]) for r in runs]
-    return {
-        "dataset": data.name, "config": asdict(cfg), "runs": runs,
-        "metric": "mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
-        "headline": float(np.mean(headline)), "headline_std": float(np.std(headline)) if len(runs) > 1 else None,
-        "paper": None, "classes": list(data.classes),
-        "descriptors": {net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
-        "seconds": time.perf_counter() - start,
-    }
-
-
-def _versions():
-    import sklearn
-    import torch
-    from . import __version__
-    return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform()}
-
-
-def write_results(result: dict, out_dir: Path, run_name: str) -> list[Path]:
-    """results/<dataset>/<run>.{csv,md,json} and the trained classifiers (.joblib)."""
-    import joblib
-    import pandas as pd
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for r in result["runs"]:
-        for c, cls in enumerate(result["classes"]):
-            row = {"split": r["split"], "class": cls}
-            row.update({k: float(v[c]) for k, v in r["scores"].items()})
-            rows.append(row)
-    table = pd.DataFrame(rows)
-    csv_path = out_dir / f"{run_name}.csv"
-    table.to_csv(csv_path, index=False)
-    meta = {k: v for k, v in result.items() if k != "runs"}
-    meta["runs"] = [{k: v for k, v in r.items() if k not in ("model", "scores")}
-                    | {"mean": {k: nanmean(v) for k, v in r["scores"].items()}} for r in result["runs"]]
-    meta["versions"] = _versions()
-    meta["written"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
-    json_path = out_dir / f"{run_name}.json"
-    json_path.write_text(json.dumps(meta, indent=2, default=str))
-    md_path = out_dir / f"{run_name}.md"
-    md_path.write_text(render_markdown(result, table, run_name))
-    # The classifier of the first split (VOC: the only one) with its descriptor, as arrays and
-    # JSON that featx predict reads without unpickling; the same Pipeline pickled for Python.
-    from .model import load_model, save_model
-    cfg, made = result["config"], result["descriptors"]
-    flips = {bool(m.get("flip", True)) for m in made.values()}
-    if len(flips) > 1:
-        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
-    record = {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]),
-                             "aggregate": cfg["aggregate"], "setting": cfg["setting"],
-                             "weights": dict(cfg["weights"]), "preprocess": dict(cfg["preprocess"]),
-                             "flip": flips.pop(),
-                             "weights_digest": {n: m.get("weights_digest") for n, m in made.items()}},
-              "classes": list(result["classes"]), "trained_on": result["runs"][0]["trained_on"],
-              "dataset": result["dataset"]}
-    model_json, model_npz = save_model(out_dir / run_name, record, result["runs"][0]["model"])
-    model_path = out_dir / f"{run_name}.joblib"
-    joblib.dump(load_model(model_json, device="cpu"), model_path)
-    return [csv_path, md_path, json_path, model_json, model_npz, model_path]
-
-
-def headline_text(result: dict) -> str:
-    h = f"{result['headline']:.1f}"
-    if result["headline_std"] is not None:
-        h += f" ± {result['headline_std']:.1f}"
-    paper = result.get("paper")
-    if paper is None:
-        ref = ("no paper figure matches this configuration (dataset, nets, scales, aggregation, "
-               "setting, weights: see featx reproduce --help for the paper's)")
-    elif isinstance(paper, tuple) or isinstance(paper, list):
-        ref = f"paper {paper[0]} ± {paper[1]} (difference {result['headline'] - paper[0]:+.1f})"
-    else:
-        ref = f"paper {paper} (difference {result['headline'] - paper:+.1f})"
-    where = result["runs"][0]["evaluated_on"]
-    if len(result["runs"]) > 1:
-        where = ", ".join(r["evaluated_on"] for r in result["runs"]) + " (mean ± std)"
-    return f"{result['dataset']} {result['metric']} on {where}: {h}  [{ref}]"
-
-
-def render_markdown(result: dict, table, run_name: str) -> str:
-    cfg = result["config"]
-    lines = [f"# {result['dataset']}: {run_name}", "", headline_text(result), "",
-             f"- nets {', '.join(cfg['nets'])}; weights {cfg['weights']}; scales {cfg['scales']}; "
-             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result['dataset'] == 'voc2012-action' else ""),
-             f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
-             + ", ".join(f"{r['C']:g}" for r in result["runs"]),
-             f"- trained on {', '.join(r['trained_on'] for r in result['runs'])}; evaluated on "
-             f"{', '.join(r['evaluated_on'] for r in result['runs'])}",
-             f"- command: `{result.get('command') or 'featx Python API'}`",
-             "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",
-             "|---|" + "---|" * (len(table.columns) - 2)]
-    per_class = table.drop(columns="split").groupby("class", sort=False).mean()
-    for cls, row in per_class.iterrows():
-        lines.append(f"| {cls} | " + " | ".join(f"{100 * v:.1f}" for v in row.values) + " |")
-    return "\n".join(lines) + "\n"
+        runs.append(SplitRun(None, best, grid, names[2], names[3], scores=scores, model=model))
+    headline = [100 * _headline(data.task, r.scores) for r in runs]
+    return Result(
+        dataset=data.name, config=asdict(cfg), runs=runs,
+        metric="mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
+        headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,
+        classes=list(data.classes),
+        descriptors={net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
+        seconds=time.perf_counter() - start)

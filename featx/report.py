@@ -5,13 +5,13 @@ shows "not run". Runs made outside the pipelines (featx svm on any dataset) are 
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .datasets import DATASETS
 from .pipeline import Pipeline
+from .results import Result, load_result, read_result
 
 TABLE_TITLES = {
     "table11": "Table 11: image classification (VOC mAP; Caltech mean class recall, mean ± std over 3 splits)",
@@ -20,27 +20,27 @@ TABLE_TITLES = {
 }
 
 
-def weights_notes(result: dict) -> list[str]:
+def weights_notes(result: Result) -> list[str]:
     """What the weights of each net were, where featx knows them by content."""
     from .weights import describe_weights
     notes = []
-    for net, made in (result.get("descriptors") or {}).items():
+    for net, made in (result.descriptors or {}).items():
         what = describe_weights(made.get("weights_digest")) or describe_weights(made.get("weights_sha256"))
         if what:
             notes.append(f"Net-{net}: {made.get('weights')} weights = {what}")
     return notes
 
 
-def protocol_differences(p: Pipeline, result: dict) -> str | None:
+def protocol_differences(p: Pipeline, result: Result) -> str | None:
     """Where our figure is further from the paper's than its ± std: what we know differs."""
     if p.paper is None:
         return None
     paper, std = (p.paper if isinstance(p.paper, tuple) else (p.paper, None))
-    gap = result["headline"] - paper
-    tolerance = max(std or 0.0, result.get("headline_std") or 0.0)
+    gap = result.headline - paper
+    tolerance = max(std or 0.0, result.headline_std or 0.0)
     if abs(gap) <= tolerance:
         return None
-    cfg = result["config"]
+    cfg = result.config
     known = []
     if p.dataset.startswith("caltech"):
         known.append("splits: ours are drawn by featx's seeded rule (datasets/splits/), the paper's "
@@ -56,15 +56,6 @@ def protocol_differences(p: Pipeline, result: dict) -> str | None:
             + ". What differs from the paper's protocol, as far as known: " + "; ".join(known) + ".")
 
 
-def load_result(results_dir: Path, dataset: str, name: str) -> dict | None:
-    path = Path(results_dir) / dataset / f"{name}.json"
-    if not path.is_file():
-        return None
-    result = json.loads(path.read_text())
-    result["_path"] = path
-    return result
-
-
 def _fmt(value, std=None) -> str:
     return f"{value:.1f}" + (f" ± {std:.1f}" if std is not None else "")
 
@@ -75,7 +66,7 @@ def _paper_cell(paper) -> str:
     return _fmt(*paper) if isinstance(paper, (tuple, list)) else _fmt(paper)
 
 
-def _config_cell(p: Pipeline, result: dict | None) -> str:
+def _config_cell(p: Pipeline, result: Result | None) -> str:
     scales = p.scales
     qs = f"{scales[0]}..{scales[-1]} ({len(scales)})" if len(scales) > 3 else ",".join(map(str, scales))
     weights = ",".join(sorted(set(p.weights.values()))) or "torchvision"
@@ -83,8 +74,8 @@ def _config_cell(p: Pipeline, result: dict | None) -> str:
     if p.setting != "image":
         cell += f"; {p.setting}"
     if result:
-        cs = sorted({r["C"] for r in result["runs"]})
-        cell += f"; C {','.join(f'{c:g}' for c in cs)}; {result['config']['solver']} on {result['config']['device']}"
+        cs = sorted(set(result.chosen_c))
+        cell += f"; C {','.join(f'{c:g}' for c in cs)}; {result.config['solver']} on {result.config['device']}"
     return cell
 
 
@@ -96,19 +87,19 @@ def table_markdown(pipelines: list[Pipeline], results: dict) -> list[str]:
         if r is None:
             ours, diff, files = "not run", "—", "—"
         else:
-            ours = _fmt(r["headline"], r.get("headline_std"))
+            ours = _fmt(r.headline, r.headline_std)
             paper = p.paper[0] if isinstance(p.paper, tuple) else p.paper
             if paper is None and p.baseline and results.get(p.baseline):
-                diff = f"{r['headline'] - results[p.baseline]['headline']:+.1f} vs {p.baseline}"
+                diff = f"{r.headline - results[p.baseline].headline:+.1f} vs {p.baseline}"
             else:
-                diff = "—" if paper is None else f"{r['headline'] - paper:+.1f}"
+                diff = "—" if paper is None else f"{r.headline - paper:+.1f}"
             files = f"[{p.name}.md]({p.dataset}/{p.name}.md)"
         lines.append(f"| {p.row} | {p.dataset} | {_paper_cell(p.paper)} | {ours} | {diff} | "
                      f"{_config_cell(p, r)} | {files} |")
     return lines
 
 
-def per_class_figure(result: dict, csv_path: Path, out: Path, title: str) -> Path:
+def per_class_figure(result: Result, csv_path: Path, out: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -180,10 +171,9 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                 lines += [why, ""]
             if r is not None:
                 what = "AP" if p.metric == "map" else "recall"
-                where = ", ".join(x["evaluated_on"] for x in r["runs"])
-                png = per_class_figure(r, r["_path"].with_suffix(".csv"), figures / f"{p.name}-per-class.png",
-                                       f"{p.name}: {p.row}, per-class {what} ({where}"
-                                       + (", mean over splits)" if len(r["runs"]) > 1 else ")"))
+                png = per_class_figure(r, r.path.with_suffix(".csv"), figures / f"{p.name}-per-class.png",
+                                       f"{p.name}: {p.row}, per-class {what} ({r.evaluated_on}"
+                                       + (", mean over splits)" if len(r.runs) > 1 else ")"))
                 lines += [f"![{p.name} per-class {what}](figures/{png.name})", ""]
         if table == "ablation":
             groups = sorted({(p.dataset, p.baseline) for p in ps if p.baseline})
@@ -191,9 +181,8 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                 members = [p for p in ps if (p.dataset, p.baseline) == (dataset, base) and p.name in results]
                 if not members:
                     continue
-                bars = ([(f"{base}", results[base]["headline"], results[base].get("headline_std"))]
-                        if base in results else [])
-                bars += [(p.row, results[p.name]["headline"], results[p.name].get("headline_std")) for p in members]
+                bars = [(base, results[base].headline, results[base].headline_std)] if base in results else []
+                bars += [(p.row, results[p.name].headline, results[p.name].headline_std) for p in members]
                 png = ablation_figure(f"{dataset} vs {base}", bars, figures / f"ablation-{base}.png")
                 lines += [f"![{dataset} ablations against {base}](figures/{png.name})", ""]
     known = {(p.dataset, p.name) for p in pipelines}
@@ -204,15 +193,14 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                   "| dataset | run | result | nets, weights, scales | C | evaluated on | command |",
                   "|---|---|---|---|---|---|---|"]
         for path in others:
-            r = json.loads(path.read_text())
-            cfg = r["config"]
-            where = ", ".join(x["evaluated_on"] for x in r["runs"])
-            lines.append(f"| {r['dataset']} | [{path.stem}]({path.parent.name}/{path.stem}.md) | "
-                         f"{r['metric']} {_fmt(r['headline'], r.get('headline_std'))} | "
+            r = read_result(path)
+            cfg = r.config
+            lines.append(f"| {r.dataset} | [{path.stem}]({path.parent.name}/{path.stem}.md) | "
+                         f"{r.metric} {_fmt(r.headline, r.headline_std)} | "
                          f"{','.join(cfg['nets'])}; {', '.join(f'{k}={v}' for k, v in cfg['weights'].items())}; "
                          f"Q {','.join(map(str, cfg['scales']))} {cfg['aggregate']} | "
-                         f"{', '.join(format(x['C'], 'g') for x in r['runs'])} | {where} | "
-                         f"`{r.get('command', '')}` |")
+                         f"{', '.join(format(c, 'g') for c in r.chosen_c)} | {r.evaluated_on} | "
+                         f"`{r.command}` |")
         lines.append("")
     out = results_dir / "README.md"
     out.write_text("\n".join(lines))

@@ -2,7 +2,7 @@
 union of the scales its pipelines need), run each protocol, write results and the report."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +11,8 @@ from .cache import cache_file
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
-from .experiment import run, write_results
+from .experiment import run
+from .results import write_result
 from .pipeline import Pipeline
 from .update import update_caches
 
@@ -47,16 +48,26 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
     return list(jobs.values())
 
 
+def parse_local_weights(text: str | None) -> dict:
+    """--local-weights "E=caffe:vgg19_caffe.pth,D=caffe:vgg16.pth" -> {"E": "caffe:vgg19_caffe.pth", ...}."""
+    from .nets import get_spec
+    files = {}
+    for part in filter(None, (text or "").split(",")):
+        net, _, value = part.partition("=")
+        source, _, path = value.partition(":")
+        if not source or not path:
+            raise ConfigError(f"--local-weights {part!r}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth")
+        files[get_spec(net.strip()).name] = value
+    return files
+
+
 def local_weights(job: Job, files: dict) -> str:
-    """The job's weight source, read from a local copy where one is given for it:
-    files = {net: "SOURCE:FILE"} (e.g. {"E": "caffe:vgg19_caffe.pth"})."""
+    """The job's weight source, read from a local copy where one is given for its net and source
+    (files from parse_local_weights): "caffe" -> "caffe:FILE"."""
     given = files.get(job.net)
-    if given is None:
+    if given is None or given.partition(":")[0] != job.weights:
         return job.weights
-    source, _, path = str(given).partition(":")
-    if not path:
-        raise ConfigError(f"--local-weights {job.net}={given}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19.pth")
-    return f"{source}:{path}" if source == job.weights else job.weights
+    return given
 
 
 def load_datasets(pipelines, root) -> tuple[dict[str, Dataset], dict[str, str]]:
@@ -114,8 +125,9 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     for p in runnable:
         log(f"== {p.name}: {p.row} on {p.dataset}")
         result = run(datasets[p.dataset], Path(cache_dir) / p.dataset, p.config(solver, device), log=log)
-        result.update(pipeline=p.name, table=p.table, command=command, paper=p.paper, paper_pipeline=p.name)
-        write_results(result, Path(results_dir) / p.dataset, p.name)
+        result = replace(result, pipeline=p.name, table=p.table, command=command, paper=p.paper,
+                         paper_pipeline=p.name)
+        write_result(result, Path(results_dir) / p.dataset, p.name)
         results[p.name] = result
     return results, skipped
 

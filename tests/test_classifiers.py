@@ -34,7 +34,7 @@ def test_unfitted_and_mismatched_inputs_are_clear_errors():
         OneVsRestSVM().predict(X)
     m = OneVsRestSVM().fit(X, y)
     assert m.n_features_in_ == 8
-    with pytest.raises(ConfigError, match="X has 5 features per sample, but this OneVsRestSVM was fitted on 8"):
+    with pytest.raises(ValueError, match="X has 5 features, but OneVsRestSVM is expecting 8 features"):
         m.predict(X[:, :5])
 
 
@@ -73,3 +73,16 @@ def test_sklearn_conventions():
     assert m.fit(X, y) is m and m.coef_.shape == (3, 8) and list(m.classes_) == [0, 1, 2]
     search = GridSearchCV(OneVsRestSVM(), {"C": [0.1, 10]}, cv=3).fit(X, y)
     assert search.best_score_ > 0.9
+
+
+@pytest.mark.parametrize("solver", ["torch", "liblinear"])
+def test_two_classes_give_one_score_as_in_sklearn(solver):
+    X, y = blobs(80, 6, 2, 0.8, 3)
+    labels = np.array(["cat", "dog"])[y]
+    m = OneVsRestSVM(solver=solver).fit(X, labels)
+    s = m.decision_function(X)
+    assert s.shape == (80,) and m.coef_.shape == (1, 6) and list(m.classes_) == ["cat", "dog"]
+    assert (m.predict(X) == np.where(s > 0, "dog", "cat")).all()
+    # the same as the arg-max of two one-vs-rest SVMs (the second is the first negated)
+    two = np.stack([-s, s], 1)
+    assert (m.predict(X) == m.classes_[two.argmax(1)]).all() and (m.predict(X) == labels).mean() > 0.9

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from featx import Crop, DatasetError
 from featx import datasets as ds
 from featx.cli import main
-from featx.datasets import VOC_CLASSES, load_dataset, make_split
+from featx.datasets import VOC_CLASSES, load_dataset, seeded_split
 
 from minitrees import make_caltech, make_voc, make_voc_action
 
@@ -92,8 +92,8 @@ def test_caltech_splits_sizes_determinism_and_files(tmp_path):
     assert split_file.read_text().startswith("id,subset\n")
     again = load_dataset("caltech101", tmp_path)  # read back from the files
     assert all(np.array_equal(again.splits[k], d.splits[k]) for k in d.splits)
-    fresh = make_split(d.ids, d.labels, d.classes, 30, 50, seed=1)  # same seed, same split
-    assert sorted(fresh["test"]) == sorted(d.ids[i] for i in d.splits["test1"])
+    fresh = seeded_split(d.labels, d.classes, 1, 30, 50)  # same seed, same split
+    assert all(np.array_equal(fresh[k], d.splits[f"{k}1"]) for k in ("train", "val", "test", "trainval"))
 
 
 def test_caltech256_protocol_and_errors(tmp_path):

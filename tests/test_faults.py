@@ -59,6 +59,25 @@ def test_bad_options_are_one_line(tmp_path, photos, args, code, fragments):
     assert not (tmp_path / "c.h5").exists()
 
 
+@pytest.mark.parametrize("value,fragments", [
+    ("E=caffe", ["--local-weights 'E=caffe': write NET=SOURCE:FILE"]),
+    ("E", ["--local-weights 'E': write NET=SOURCE:FILE"]),
+    ("X=caffe:w.pth", ["unknown net 'X'"]),
+])
+def test_bad_local_weights_are_one_line(tmp_path, value, fragments):
+    one_line_error(run("reproduce", "caltech101-E", "--dry-run", "--root", tmp_path, "--local-weights", value),
+                   1, *fragments)
+
+
+def test_local_weights_name_the_file_of_a_net_and_source():
+    from featx.reproduce import Job, local_weights, parse_local_weights
+    files = parse_local_weights("e=caffe:/w/vgg19.pth,D=torchvision:/w/vgg16.pth")
+    assert files == {"E": "caffe:/w/vgg19.pth", "D": "torchvision:/w/vgg16.pth"}
+    assert local_weights(Job("caltech101", "E", "caffe", (256,)), files) == "caffe:/w/vgg19.pth"
+    # another source for the same net: the local copy does not apply
+    assert local_weights(Job("caltech101", "E", "torchvision", (256,)), files) == "torchvision"
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
 def test_cuda_asked_for_without_cuda(tmp_path, photos):
     one_line_error(run("extract", "--images", photos, "--out", tmp_path / "c.h5", *TINY, "--device", "cuda"),

@@ -1,0 +1,179 @@
+"""What a protocol run produced, as data: `Result` (one per run) and `SplitRun` (one per split),
+written to and read from results/<dataset>/<run>.{json,csv,md} here and nowhere else.
+
+The JSON layout is the one featx 0.2.0 wrote, so every result file already in results/ loads.
+The trained classifiers live beside it (featx.model); the per-class scores in the CSV.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConfigError
+from .metrics import nanmean
+
+
+@dataclass
+class SplitRun:
+    """One train / evaluate round: the C chosen on validation, and the test scores."""
+
+    split: int | None  # 1, 2, 3 (Caltech and held-out splits) or None (VOC's one split)
+    C: float
+    validation: dict  # C -> validation score (0..1)
+    trained_on: str
+    evaluated_on: str
+    mean: dict = field(default_factory=dict)  # metric -> mean over classes (0..1)
+    scores: dict | None = None  # metric -> per-class array: in memory after a run (the CSV holds them)
+    model: object = None  # the fitted OneVsRestSVM: in memory after a run (featx.model saves it)
+
+    def to_json(self) -> dict:
+        return {"split": self.split, "C": self.C, "validation": {str(c): v for c, v in self.validation.items()},
+                "trained_on": self.trained_on, "evaluated_on": self.evaluated_on, "mean": self.mean}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "SplitRun":
+        return cls(d["split"], float(d["C"]), {float(c): v for c, v in d["validation"].items()},
+                   d["trained_on"], d["evaluated_on"], dict(d.get("mean", {})))
+
+
+@dataclass
+class Result:
+    """A protocol's outcome on one dataset: the headline (mean ± std over splits) and its runs."""
+
+    dataset: str
+    config: dict  # the experiment.Config, as a dict
+    metric: str  # "mean class recall" or "mAP (VOC-2007 11-point AP)"
+    headline: float  # in percent
+    headline_std: float | None
+    classes: list
+    descriptors: dict  # net -> the cache's provenance (weights, digest, dtype, ...)
+    seconds: float
+    runs: list  # SplitRun
+    paper: float | tuple | None = None  # the matching pipeline's figure, if any
+    pipeline: str | None = None
+    table: str | None = None
+    command: str = ""
+    paper_pipeline: str | None = None
+    versions: dict = field(default_factory=dict)
+    written: str = ""
+    path: Path | None = field(default=None, compare=False)  # the JSON file it was read from
+
+    def headline_text(self) -> str:
+        h = f"{self.headline:.1f}" + (f" ± {self.headline_std:.1f}" if self.headline_std is not None else "")
+        if self.paper is None:
+            ref = ("no paper figure matches this configuration (dataset, nets, scales, aggregation, "
+                   "setting, weights: see featx reproduce --help for the paper's)")
+        elif isinstance(self.paper, tuple):
+            ref = f"paper {self.paper[0]} ± {self.paper[1]} (difference {self.headline - self.paper[0]:+.1f})"
+        else:
+            ref = f"paper {self.paper} (difference {self.headline - self.paper:+.1f})"
+        where = self.runs[0].evaluated_on
+        if len(self.runs) > 1:
+            where = ", ".join(r.evaluated_on for r in self.runs) + " (mean ± std)"
+        return f"{self.dataset} {self.metric} on {where}: {h}  [{ref}]"
+
+    @property
+    def chosen_c(self) -> list:
+        return [r.C for r in self.runs]
+
+    @property
+    def evaluated_on(self) -> str:
+        return ", ".join(r.evaluated_on for r in self.runs)
+
+    def to_json(self) -> dict:
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
+        out["runs"] = [r.to_json() for r in self.runs]
+        out["paper"] = list(self.paper) if isinstance(self.paper, tuple) else self.paper
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict, path: Path | None = None) -> "Result":
+        names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper"}
+        paper = d.get("paper")
+        return cls(**{k: v for k, v in d.items() if k in names}, runs=[SplitRun.from_json(r) for r in d["runs"]],
+                   paper=tuple(paper) if isinstance(paper, list) else paper, path=path)
+
+
+def read_result(path: Path) -> Result:
+    path = Path(path)
+    try:
+        return Result.from_json(json.loads(path.read_text()), path)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: not a featx result file ({type(e).__name__}: {e})") from None
+
+
+def load_result(results_dir: Path, dataset: str, name: str) -> Result | None:
+    """results_dir/<dataset>/<name>.json, or None where that run was never made."""
+    path = Path(results_dir) / dataset / f"{name}.json"
+    return read_result(path) if path.is_file() else None
+
+
+def _versions() -> dict:
+    import sklearn
+    import torch
+    from . import __version__
+    return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform()}
+
+
+def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
+    """results/<dataset>/<run>.{csv,md,json} and the trained classifier of the first split
+    (<run>.model.json/.npz, which featx predict reads without unpickling, and <run>.joblib, the
+    same scikit-learn Pipeline pickled for Python)."""
+    import joblib
+    import pandas as pd
+    from .model import load_model, save_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame([{"split": r.split, "class": cls} | {k: float(v[c]) for k, v in r.scores.items()}
+                          for r in result.runs for c, cls in enumerate(result.classes)])
+    csv_path = out_dir / f"{run_name}.csv"
+    table.to_csv(csv_path, index=False)
+    for r in result.runs:
+        r.mean = {k: nanmean(v) for k, v in r.scores.items()}
+    result.versions = _versions()
+    result.written = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    json_path = out_dir / f"{run_name}.json"
+    json_path.write_text(json.dumps(result.to_json(), indent=2, default=str))
+    result.path = json_path
+    md_path = out_dir / f"{run_name}.md"
+    md_path.write_text(render_markdown(result, table, run_name))
+
+    cfg, made = result.config, result.descriptors
+    flips = {bool(m.get("flip", True)) for m in made.values()}
+    if len(flips) > 1:
+        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
+    record = {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]),
+                             "aggregate": cfg["aggregate"], "setting": cfg["setting"],
+                             "weights": dict(cfg["weights"]), "preprocess": dict(cfg["preprocess"]),
+                             "flip": flips.pop(),
+                             "weights_digest": {n: m.get("weights_digest") for n, m in made.items()}},
+              "classes": list(result.classes), "trained_on": result.runs[0].trained_on,
+              "dataset": result.dataset}
+    model_json, model_npz = save_model(out_dir / run_name, record, result.runs[0].model)
+    model_path = out_dir / f"{run_name}.joblib"
+    joblib.dump(load_model(model_json, device="cpu"), model_path)
+    return [csv_path, md_path, json_path, model_json, model_npz, model_path]
+
+
+def render_markdown(result: Result, table, run_name: str) -> str:
+    cfg = result.config
+    lines = [f"# {result.dataset}: {run_name}", "", result.headline_text(), "",
+             f"- nets {', '.join(cfg['nets'])}; weights {cfg['weights']}; scales {cfg['scales']}; "
+             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else ""),
+             f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
+             + ", ".join(f"{c:g}" for c in result.chosen_c),
+             f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}",
+             f"- command: `{result.command or 'featx Python API'}`",
+             "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",
+             "|---|" + "---|" * (len(table.columns) - 2)]
+    per_class = table.drop(columns="split").groupby("class", sort=False).mean()
+    for cls, row in per_class.iterrows():
+        lines.append(f"| {cls} | " + " | ".join(f"{100 * v:.1f}" for v in row.values) + " |")
+    return "\n".join(lines) + "\n"
