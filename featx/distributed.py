@@ -136,8 +136,8 @@ class ShardWorker:
                 yield _rows(done, self.ex.dim)
 
 
-class RayExtractor(Extractor):
-    """An Extractor whose forward passes run on a Ray cluster; a drop-in for extract_to_cache.
+class RayExtractor:
+    """Runs an Extractor's plan on a Ray cluster; a drop-in for extract_to_cache.
 
     >>> ex = RayExtractor("E", scales=(256, 384), weights="vgg19.pth", preprocess="caffe",
     ...                   address="auto", gpus_per_worker=1)
@@ -147,6 +147,10 @@ class RayExtractor(Extractor):
     cpus_per_worker (see `worker_resources`), batches_per_shard (forward passes per Ray task:
     a dead worker costs at most one shard). `device` is resolved on each worker ("auto": its
     GPU if it was given one). The weights load here once and are shipped to the workers.
+
+    What the engines share is the plan: `self.plan_of` is an Extractor on torch's "meta" device
+    (shapes only, no memory), which plans the forward passes and states the provenance exactly
+    as the local engine does; the nets that compute live on the workers.
     """
 
     def __init__(self, net="D", scales=(256, 384, 512), flip=True, weights="torchvision",
@@ -164,16 +168,30 @@ class RayExtractor(Extractor):
         self.worker_device = str(device)
         _check_device(device, self.gpus_per_worker)
         self.decode_threads = workers
-        super().__init__(net, scales, flip, weights, preprocess, "cpu", dtype, batch_size, workers,
-                         progress)
+        self.progress = progress
+        spec = get_spec(net)
+        loaded = load_weights(spec, weights, preprocess, progress=progress)
+        self._shipped = _shippable(loaded)
+        self.plan_of = Extractor(spec, scales, flip, loaded, preprocess, "meta", dtype, batch_size,
+                                 workers, progress)
         self.device = f"ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})"
 
-    def _build(self, loaded, with_fc8):
-        self._shipped = _shippable(loaded)  # no net here: the workers build theirs
-        return None
+    # What extract_to_cache reads of an engine: the plan's, unchanged.
+    spec = property(lambda self: self.plan_of.spec)
+    scales = property(lambda self: self.plan_of.scales)
+    flip = property(lambda self: self.plan_of.flip)
+    dtype = property(lambda self: self.plan_of.dtype)
+    dim = property(lambda self: self.plan_of.dim)
+    batch_size = property(lambda self: self.plan_of.batch_size)
+    workers = property(lambda self: self.plan_of.workers)
+    weights = property(lambda self: self.plan_of.weights)
+    preprocess = property(lambda self: self.plan_of.preprocess)
 
-    def forward(self, pixels):
-        raise NotImplementedError("RayExtractor runs its forward passes on Ray workers")
+    def provenance(self) -> dict:
+        return self.plan_of.provenance()
+
+    def plan(self, sizes, scales=None, skip=None):
+        return self.plan_of.plan(sizes, scales, skip)
 
     def shards(self, sizes, scales=None, skip=None) -> list[tuple[int, list[np.ndarray]]]:
         """The plan cut into tasks: [(Q, [row indices of each forward pass])]."""

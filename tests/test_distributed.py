@@ -209,3 +209,17 @@ def test_ray_options_need_the_ray_engine(images, tmp_path):
                                        "--weights", "random:0", "--num-workers", "2",
                                        "--out", str(tmp_path / "x.h5")])
     assert result.exit_code == 2 and "--num-workers apply to --engine ray only" in result.output
+
+
+def test_the_ray_engine_holds_the_plan_not_a_net():
+    """Composition: the driver keeps a plan-only Extractor (its net on torch's meta device, no
+    memory); its plan and provenance are the local engine's."""
+    from featx.distributed import RayExtractor
+    ray_ex = RayExtractor(TINY, scales=(224, 256), weights="random:0", num_workers=1, batch_size=2)
+    local = Extractor(TINY, scales=(224, 256), weights="random:0", device="cpu", batch_size=2)
+    assert not isinstance(ray_ex, Extractor)
+    assert {p.device.type for p in ray_ex.plan_of.model.parameters()} == {"meta"}
+    assert ray_ex.provenance() == local.provenance() and ray_ex.weights.digest == local.weights.digest
+    sizes = [(300, 400), (400, 300), (300, 400), None, (300, 400)]
+    assert [(q, [b.tolist() for b in bs]) for q, bs in ray_ex.plan(sizes)] == \
+           [(q, [b.tolist() for b in bs]) for q, bs in local.plan(sizes)]
