@@ -151,7 +151,7 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         from sklearn.utils.validation import check_is_fitted, validate_data
         check_is_fitted(self, ("coef_", "intercept_"))
         # a wrong feature count: "X has 5 features, but OneVsRestSVM is expecting 8 ..." (ValueError)
-        X = validate_data(self, X, dtype=np.float64, reset=False)
+        X = validate_data(self, X, dtype=np.float64, reset=False, ensure_min_samples=0)  # empty X: empty scores
         scores = X @ self.coef_.T + self.intercept_
         return scores[:, 0] if scores.shape[1] == 1 and not self.multilabel_ else scores
 

@@ -81,3 +81,14 @@ def test_aggregations_exact():
     assert np.array_equal(fuse(np.ones((2, 2)), np.zeros((2, 3))), [[1, 1, 0, 0, 0]] * 2)
     x = l2_normalize(np.array([[3., 4.], [0., 0.]]))
     assert np.array_equal(x, np.array([[0.6, 0.8], [0., 0.]], np.float32))
+
+
+def test_featx_aggregate_stays_the_function_after_its_module_is_imported():
+    """featx.aggregate names both a function and a submodule; importing the submodule (as
+    featx.transform does) must not turn `from featx import aggregate` into the module."""
+    import subprocess
+    import sys
+    code = ("import featx.transform, featx.aggregate, featx; from featx import aggregate; "
+            "assert callable(aggregate) and featx.aggregate is aggregate, aggregate")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
