@@ -7,18 +7,21 @@ torch and scikit-learn are imported only by what needs them.
 from importlib import import_module
 
 from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsError
+# Eager: featx.aggregate is also a submodule's name, and importing the submodule (any featx
+# module does) would rebind featx.aggregate to it; importing the functions here wins. numpy only.
+from .aggregate import aggregate, fuse, l2_normalize
 
 __version__ = "0.3.0"
 
 _LAZY = {
-    "Extractor": "extract", "VGGDescriptor": "transform", "aggregate": "aggregate", "fuse": "aggregate",
-    "l2_normalize": "aggregate", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",
+    "Extractor": "extract", "VGGDescriptor": "transform", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",
     "Preprocess": "weights", "CAFFE": "weights", "TORCHVISION": "weights", "load_weights": "weights",
     "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
-    "load_model": "model",
+    "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
 }
 
-__all__ = sorted(_LAZY) + ["FeatxError", "WeightsError", "ImageError", "CacheError", "DatasetError"]
+__all__ = sorted(_LAZY) + ["aggregate", "fuse", "l2_normalize", "FeatxError", "WeightsError", "ImageError",
+                           "CacheError", "DatasetError"]
 
 
 def __getattr__(name):

@@ -2,7 +2,6 @@
 time estimate from a throughput rate (measured here, or given)."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,25 +31,49 @@ def descriptor_flops(spec, size: tuple[int, int], q: int, flip: bool = True) -> 
     return forward_flops(spec, *target_size(size, q)) * (2 if flip else 1)
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5, device="cpu", dtype=None) -> float:
-    """The fp32 (or dtype) matrix-multiply rate of a device in GFLOP/s (on CPU: with all the
-    threads torch uses): the ceiling a conv net's forward pass can approach."""
+def ceiling_rates(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> dict:
+    """GFLOP/s of one n x n x n matrix product done by each library torch offers here: torch.mm
+    (MKL on CPU, cuBLAS on GPU) and, on CPU, oneDNN's 1x1 convolution and packed linear, plus
+    oneDNN's 3x3 convolution on VGG's own layers. The best of them is the device's ceiling for
+    that dtype; the spread shows which library suits this CPU (MKL runs its generic code on
+    AMD CPUs)."""
     import torch
+    import torch.nn.functional as F
+    from .kernels import _best_rate, onednn_linear
     device = torch.device(device)
-    a = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
-    b = torch.randn(n, n, device=device, dtype=dtype or torch.float32)
+    dtype = dtype or torch.float32
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device, dtype)
+    b = torch.randn(n, n, generator=gen).to(device, dtype)
+    flops = 2.0 * n ** 3
 
-    def sync():
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def timed(fn):
+        if device.type != "cuda":
+            return _best_rate(fn, flops, repeats)
+        return _best_rate(lambda: (fn(), torch.cuda.synchronize(device)), flops, repeats)
 
-    torch.mm(a, b)  # warm-up
-    sync()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        torch.mm(a, b)
-    sync()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t) / 1e9
+    with torch.inference_mode():
+        rates = {"torch.mm": timed(lambda: torch.mm(a, b))}
+        if device.type == "cpu" and torch.backends.mkldnn.is_available() and dtype != torch.float16:
+            # (n rows, n in) @ (n in, n out) as a 1x1 convolution over a 1 x n NHWC image
+            x4, w4 = a.view(1, 1, n, n).permute(0, 3, 1, 2), b.t().reshape(n, n, 1, 1)
+            rates["oneDNN 1x1 conv"] = timed(lambda: F.conv2d(x4, w4))
+            packed = onednn_linear(b.t(), torch.zeros(n))
+            rates["oneDNN linear"] = timed(lambda: packed(a))
+            # oneDNN's direct 3x3 convolution can beat any GEMM here (its own AVX-512 blocking):
+            # VGG's conv3 and conv4 layers, in either layout, so no layer of the net outruns it
+            if n >= 1024:
+                from .kernels import conv_rates
+                rates["oneDNN 3x3 conv"] = max(
+                    *conv_rates(dtype, batch=2, channels=256, side=56).values(),
+                    *conv_rates(dtype, batch=2, channels=512, side=28).values())
+    return rates
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> float:
+    """The device's fp32 (or dtype) matrix-product ceiling in GFLOP/s: the best library's rate
+    (with all the threads torch uses), what a conv net's forward pass can approach."""
+    return max(ceiling_rates(n, repeats, device, dtype).values())
 
 
 # Fraction of the matrix-multiply ceiling that extraction reaches on CPU

@@ -7,7 +7,8 @@ state_dict keys are torchvision's (`features.N.*`, `classifier.0/3/6.*`).
 
 The fc "convolutions" are computed as what they are, matrix products over all 7x7 windows of
 pool5 (im2col): the same numbers, and on CPUs 1.1-7x faster than oneDNN's direct 7x7
-convolution with 4,096 outputs, which is slowest exactly at the small maps of Q = 256.
+convolution with 4,096 outputs, which is slowest exactly at the small maps of Q = 256. Which
+library does those products and the 3x3 convolutions is chosen per machine (featx.kernels).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from .errors import ConfigError, WeightsError
+from .kernels import Kernels, onednn_linear, to_onednn_convs
 
 
 @dataclass(frozen=True)
@@ -78,9 +80,28 @@ class DenseVGG(nn.Module):
         self.fc6 = nn.Linear(spec.pool5_channels * spec.fc6_window ** 2, spec.fc_dim)
         self.fc7 = nn.Linear(spec.fc_dim, spec.fc_dim)
         self.fc8 = nn.Linear(spec.fc_dim, spec.num_classes) if with_fc8 else None
+        self.kernels = Kernels()
+
+    def use_kernels(self, kernels: Kernels) -> "DenseVGG":
+        """Run on `kernels` (featx.kernels.choose): call last, once the weights are loaded and the
+        model is on its CPU device and dtype; oneDNN layers pack their weights here."""
+        if self.kernels != Kernels():
+            raise RuntimeError("use_kernels: this model's kernels were already chosen")
+        if kernels.conv == "onednn":
+            self.features = to_onednn_convs(self.features)
+        if kernels.fc == "onednn":
+            for name in ("fc6", "fc7", "fc8"):
+                layer = getattr(self, name)
+                if layer is not None:
+                    setattr(self, name, onednn_linear(layer.weight, layer.bias))
+        self.kernels = kernels
+        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
+        if self.kernels.conv == "onednn":
+            x = self.features(x.contiguous().to_mkldnn()).to_dense()
+        else:
+            x = self.features(x)
         n, c, h, w = x.shape
         k = self.spec.fc6_window
         if h < k or w < k:
@@ -135,6 +156,22 @@ class DenseVGG(nn.Module):
                 if layer is not None:
                     layer.weight.copy_(state[f"classifier.{i}.weight"])
                     layer.bias.copy_(state[f"classifier.{i}.bias"])
+
+
+def reference_dense_net(spec: NetSpec, state: dict) -> nn.Sequential:
+    """The dense net exactly as the paper describes it: torchvision's conv stack, fc6 a 7x7
+    nn.Conv2d, fc7 a 1x1, NCHW. DenseVGG's kernels are tested against it; bench/extract.py
+    times it as the naive baseline."""
+    features = make_layers(list(spec.layers))
+    features.load_state_dict({k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})
+    fc6 = nn.Conv2d(spec.pool5_channels, spec.fc_dim, spec.fc6_window)
+    fc7 = nn.Conv2d(spec.fc_dim, spec.fc_dim, 1)
+    with torch.no_grad():
+        fc6.weight.copy_(state["classifier.0.weight"].reshape(fc6.weight.shape))
+        fc6.bias.copy_(state["classifier.0.bias"])
+        fc7.weight.copy_(state["classifier.3.weight"][:, :, None, None])
+        fc7.bias.copy_(state["classifier.3.bias"])
+    return nn.Sequential(features, fc6, nn.ReLU(), fc7, nn.ReLU()).eval()
 
 
 def random_state_dict(spec: NetSpec, seed: int = 0) -> dict:

@@ -1,0 +1,242 @@
+"""Which kernels run the frozen VGG fastest on this machine, decided once per process.
+
+The same numbers can come from different libraries, and which is fastest depends on the CPU:
+
+  fc6 / fc7   "gemm": torch's matrix product (MKL on CPU, cuBLAS on GPU), or "onednn": oneDNN's
+              linear with the weights packed once. MKL runs its generic, slower code on CPUs
+              that are not Intel's: on a 2-core AMD EPYC its fp32 product reaches 75-155 GFLOP/s
+              where oneDNN's reaches 155-195 (bench/extract.py, results/bench/).
+  3x3 convs   "channels_last": NHWC tensors (oneDNN underneath), or "onednn": oneDNN's blocked
+              layout end to end with weights packed once (no faster where measured; kept as an
+              option for FEATX_KERNELS and the bench).
+
+The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every CPU that is not
+Intel's, on MKL on Intel's (where MKL is tuned); convolutions stay channels-last. A rule keeps
+every process on one machine on the same kernels, so a resumed run, or a Ray worker beside the
+driver, gives bit-identical descriptors; a timing could flip on a busy host. `measure()` times
+both candidates of each kind (bench/extract.py records it per machine), to check the rule.
+Every choice gives the reference dense net's descriptors within 1e-5 relative
+(tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use cuBLAS/cuDNN.
+
+FEATX_KERNELS="conv=onednn,fc=gemm" (either part alone is fine) overrides the rule.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+CONV_KERNELS = ("channels_last", "onednn")
+FC_KERNELS = ("gemm", "onednn")
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The kernels a DenseVGG runs: `conv` for the 3x3 convolutions, `fc` for fc6/fc7/fc8."""
+
+    conv: str = "channels_last"
+    fc: str = "gemm"
+    how: str = field(default="default", compare=False)  # why: the CPU rule, FEATX_KERNELS, ...
+
+    def __post_init__(self):
+        if self.conv not in CONV_KERNELS:
+            raise ConfigError(f"conv kernel {self.conv!r}: choose one of {', '.join(CONV_KERNELS)}")
+        if self.fc not in FC_KERNELS:
+            raise ConfigError(f"fc kernel {self.fc!r}: choose one of {', '.join(FC_KERNELS)}")
+
+    def __str__(self):
+        return f"conv={self.conv},fc={self.fc}"
+
+
+def parse_kernels(text: str, origin: str = "FEATX_KERNELS") -> dict:
+    """"conv=onednn,fc=gemm" -> {"conv": "onednn", "fc": "gemm"} (either part may be absent)."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key not in ("conv", "fc") or not value:
+            raise ConfigError(f"{origin}={text!r}: write conv={'|'.join(CONV_KERNELS)} and/or "
+                              f"fc={'|'.join(FC_KERNELS)}, comma-separated")
+        out[key] = value
+    try:
+        Kernels(**out)  # validates the names
+    except ConfigError as e:
+        raise ConfigError(f"{origin}={text!r}: {e}") from None
+    return out
+
+
+def choose(device, dtype) -> Kernels:
+    """The kernels for nets on `device` in `dtype` (a torch.dtype), decided once per process."""
+    import torch
+    return _choose(torch.device(device).type, dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _choose(device_type: str, dtype) -> Kernels:
+    import torch
+    forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
+    how = "FEATX_KERNELS" if forced else "default"
+    if device_type != "cpu" or not torch.backends.mkldnn.is_available() or dtype == torch.float16:
+        return Kernels(**forced, how=how)
+    rule = {}
+    if dtype == torch.float32 and cpu_info().vendor != "GenuineIntel":
+        rule["fc"] = "onednn"
+    how = ", ".join(filter(None, [
+        f"CPU rule ({cpu_info().vendor or 'unknown vendor'}: fc on oneDNN)" if rule else "",
+        "FEATX_KERNELS" if forced else ""])) or "default"
+    return Kernels(**(rule | forced), how=how)
+
+
+def measure(dtype) -> dict:
+    """GFLOP/s of both candidates of each layer kind in `dtype`: what the rule in `choose` is
+    checked against on a machine ({"fc:gemm": ..., "fc:onednn": ..., "conv:...": ...})."""
+    return fc_rates(dtype) | conv_rates(dtype)
+
+
+def _best_rate(fn, flops: float, repeats: int = 3) -> float:
+    fn()  # warm-up: oneDNN builds its primitive here
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return flops / best / 1e9
+
+
+def fc_rates(dtype, rows: int = 128, n: int = 4096) -> dict:
+    """GFLOP/s of an fc7-sized product (rows x n) @ (n x n) done each way (128 rows: fc7 at
+    Q = 256, batch 8 and flips)."""
+    import torch
+    import torch.nn.functional as F
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(rows, n, generator=gen).to(dtype)
+    w = (torch.randn(n, n, generator=gen) / n ** 0.5).to(dtype)
+    b = torch.zeros(n, dtype=dtype)
+    packed = onednn_linear(w, b)
+    flops = 2.0 * rows * n * n
+    with torch.inference_mode():
+        return {"fc:gemm": _best_rate(lambda: F.linear(x, w, b), flops),
+                "fc:onednn": _best_rate(lambda: packed(x), flops)}
+
+
+def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> dict:
+    """GFLOP/s of VGG's conv3 block (two 3x3 convolutions, 256 channels, 56x56) each way."""
+    import torch
+    from torch import nn
+    torch.manual_seed(0)
+    block = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True),
+                          nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
+    block = block.eval().to(dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(batch, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
+    blocked = to_onednn_convs(block)
+    flops = 2 * 2.0 * batch * channels * channels * 9 * side * side
+    with torch.inference_mode():
+        return {"conv:channels_last": _best_rate(lambda: block(x), flops),
+                "conv:onednn": _best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)}
+
+
+# -- the oneDNN layers ---------------------------------------------------------------------------
+
+def _define_layers():
+    """The oneDNN modules, defined on first use so that `import featx.kernels` needs no torch."""
+    import torch
+    from torch import nn
+
+    class _OneDNNLinear(nn.Module):
+        """y = x @ weight.T + bias with the weight packed once for oneDNN (dense in, dense out).
+
+        As torch.utils.mkldnn.MkldnnLinear, without TorchScript; the bias stays float32 for
+        accuracy in bfloat16, as there."""
+
+        def __init__(self, weight, bias):
+            super().__init__()
+            self.dtype = weight.dtype
+            self.out_features = weight.shape[0]
+            self.packed_weight = weight.detach().to_mkldnn()
+            self.packed_bias = bias.detach().float().to_mkldnn()
+
+        # As an nn.Linear's, for code that reads the layer (a dense copy, made on access)
+        weight = property(lambda self: self.packed_weight.to_dense())
+        bias = property(lambda self: self.packed_bias.to_dense().to(self.dtype))
+
+        def forward(self, x):
+            y = torch._C._nn.mkldnn_linear(x.contiguous().to_mkldnn(), self.packed_weight, self.packed_bias)
+            return y.to_dense()
+
+    class _OneDNNConv2d(nn.Module):
+        """A Conv2d whose weight is reordered once into oneDNN's blocked layout; takes and gives
+        oneDNN (`to_mkldnn`) tensors, so a stack of them never leaves that layout."""
+
+        def __init__(self, conv: nn.Conv2d):
+            super().__init__()
+            self.padding, self.stride = conv.padding, conv.stride
+            self.dilation, self.groups = conv.dilation, conv.groups
+            self.weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                conv.weight.detach().contiguous().to_mkldnn(), self.padding, self.stride,
+                self.dilation, self.groups)
+            self.bias = conv.bias.detach().float().to_mkldnn()
+
+        def forward(self, x):
+            return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
+                                            self.dilation, self.groups)
+
+    return _OneDNNLinear, _OneDNNConv2d
+
+
+@functools.lru_cache(maxsize=None)
+def _layers():
+    return _define_layers()
+
+
+def onednn_linear(weight, bias):
+    """A module computing x @ weight.T + bias with oneDNN, the weight packed once."""
+    return _layers()[0](weight, bias)
+
+
+def to_onednn_convs(features):
+    """A copy of a conv stack (Conv2d / ReLU / MaxPool2d) that runs on oneDNN tensors: input
+    `x.to_mkldnn()`, output `.to_dense()`; ReLU and max-pooling take such tensors as they are."""
+    from torch import nn
+    conv = _layers()[1]
+    return nn.Sequential(*[conv(m) if isinstance(m, nn.Conv2d) else m for m in features])
+
+
+# -- what the machine is -------------------------------------------------------------------------
+
+# The CPU flags that decide kernels and dtypes (the bench records them beside every figure).
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    model: str
+    flags: tuple  # the CPU_FLAGS this CPU has
+    cores: int  # logical CPUs this process may use
+    vendor: str = ""  # "GenuineIntel", "AuthenticAMD", ... ("" where unknown)
+
+    @property
+    def native_bfloat16(self) -> bool:
+        """Whether the CPU computes bfloat16 products in hardware (AVX-512 BF16 or AMX)."""
+        return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_info() -> CpuInfo:
+    model, flags, vendor = platform.processor() or platform.machine(), set(), ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and model in (platform.processor(), platform.machine()):
+                model = value.strip()
+            elif key.strip() == "vendor_id" and not vendor:
+                vendor = value.strip()
+            elif key.strip() == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:  # not Linux: the model name from platform, no flags
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return CpuInfo(model, tuple(f for f in CPU_FLAGS if f in flags), cores, vendor)

@@ -1,0 +1,110 @@
+"""Every kernel choice (featx.kernels) gives the reference dense net's numbers."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from featx import Extractor
+from featx import kernels as K
+from featx.errors import ConfigError
+from featx.nets import NETS, DenseVGG, NetSpec, random_state_dict, reference_dense_net
+
+# VGG's geometry, channel counts that oneDNN blocks (multiples of 16), small enough for CI.
+MID = NetSpec("M", "mid", (16, "M", 32, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"),
+              fc_dim=128, num_classes=10)
+CHOICES = [K.Kernels(conv=c, fc=f) for c in K.CONV_KERNELS for f in K.FC_KERNELS]
+
+
+@pytest.mark.parametrize("kernels", CHOICES, ids=str)
+def test_every_kernel_choice_equals_the_reference_dense_net(kernels):
+    state = random_state_dict(MID, seed=4)
+    x = torch.randn(3, 3, 256, 320, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = reference_dense_net(MID, state)(x)
+        model = DenseVGG(MID)
+        model.load_torchvision_state_dict(state)
+        model = model.eval().to(memory_format=torch.channels_last).use_kernels(kernels)
+        got = model(x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == ref.shape == (3, 128, 2, 4)
+    assert (ref > 0).float().mean() > 0.2  # real activations
+    assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
+
+
+def test_kernel_choices_give_the_same_descriptors_through_the_extractor(monkeypatch):
+    monkeypatch.setitem(NETS, "M", MID)
+    pixels = [np.random.default_rng(i).integers(0, 256, (240, 300, 3), dtype=np.uint8) for i in range(2)]
+    out = [Extractor("M", scales=(256,), weights="random:0", device="cpu", kernels=k).extract(pixels)
+           for k in CHOICES]
+    for other in out[1:]:
+        assert np.abs(other - out[0]).max() / np.abs(out[0]).max() <= 1e-5
+
+
+def test_kernels_are_named_and_checked(monkeypatch):
+    assert K.parse_kernels("conv=onednn,fc=gemm") == {"conv": "onednn", "fc": "gemm"}
+    assert K.parse_kernels("fc=onednn") == {"fc": "onednn"}
+    with pytest.raises(ConfigError, match="FEATX_KERNELS='conv=fast'"):
+        K.parse_kernels("conv=fast")
+    with pytest.raises(ConfigError, match="write conv="):
+        K.parse_kernels("gemm")
+    ex = Extractor(MID, scales=(256,), weights="random:0", device="cpu", kernels="conv=onednn,fc=onednn")
+    assert str(ex.kernels) == "conv=onednn,fc=onednn" and ex.model.kernels == ex.kernels
+
+
+@pytest.mark.parametrize("vendor,fc", [("AuthenticAMD", "onednn"), ("GenuineIntel", "gemm"), ("", "onednn")])
+def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
+    monkeypatch.setattr(K, "cpu_info", lambda: K.CpuInfo("X", ("avx2",), 2, vendor))
+    monkeypatch.delenv("FEATX_KERNELS", raising=False)
+    K._choose.cache_clear()
+    try:
+        chosen = K.choose("cpu", torch.float32)
+        assert (chosen.conv, chosen.fc) == ("channels_last", fc)
+        assert K.choose("cpu", torch.float32) is chosen  # decided once per process
+        assert K.choose("cpu", torch.bfloat16) == K.Kernels()  # bfloat16 products are oneDNN's already
+        assert K.choose("cuda", torch.float32) == K.Kernels()  # GPUs: cuBLAS / cuDNN
+        K._choose.cache_clear()
+        monkeypatch.setenv("FEATX_KERNELS", "conv=onednn")
+        forced = K.choose("cpu", torch.float32)
+        assert (forced.conv, forced.fc) == ("onednn", fc) and "FEATX_KERNELS" in forced.how
+    finally:
+        K._choose.cache_clear()
+
+
+def test_measure_times_both_candidates_of_each_kind():
+    rates = K.measure(torch.float32)
+    assert set(rates) == {"fc:gemm", "fc:onednn", "conv:channels_last", "conv:onednn"}
+    assert min(rates.values()) > 0
+
+
+@pytest.mark.parametrize("kernels", CHOICES, ids=str)
+def test_bfloat16_runs_on_cpu_with_every_kernel_choice(kernels, monkeypatch):
+    """Smoke size: it runs and stays close to float32 (accuracy is measured on real images in
+    bench/dtype_accuracy.py, not asserted here)."""
+    monkeypatch.setitem(NETS, "M", MID)
+    pixels = [np.random.default_rng(0).integers(0, 256, (240, 300, 3), dtype=np.uint8)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # CI CPUs without native bfloat16 warn
+        half = Extractor("M", scales=(256,), weights="random:0", device="cpu", dtype="bfloat16",
+                         kernels=kernels).extract(pixels)
+    full = Extractor("M", scales=(256,), weights="random:0", device="cpu").extract(pixels)
+    assert half.dtype == np.float32 and np.isfinite(half).all()
+    cos = (half * full).sum() / np.linalg.norm(half) / np.linalg.norm(full)
+    assert cos > 0.99
+
+
+def test_bfloat16_warns_on_a_cpu_without_native_support(monkeypatch):
+    import featx.extract
+    monkeypatch.setattr(featx.extract, "cpu_info", lambda: K.CpuInfo("Old CPU", ("avx2", "fma"), 2))
+    with pytest.warns(UserWarning, match=r"bfloat16 on this CPU \(Old CPU\) has no native support"):
+        Extractor(MID, scales=(256,), weights="random:0", device="cpu", dtype="bfloat16")
+    monkeypatch.setattr(featx.extract, "cpu_info", lambda: K.CpuInfo("New CPU", ("avx512_bf16",), 2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Extractor(MID, scales=(256,), weights="random:0", device="cpu", dtype="bfloat16")
+
+
+def test_cpu_info_reads_the_model_and_the_flags_that_matter():
+    info = K.cpu_info()
+    assert info.model and info.cores >= 1
+    assert set(info.flags) <= set(K.CPU_FLAGS)
+    assert info.native_bfloat16 == ("avx512_bf16" in info.flags or "amx_bf16" in info.flags)
