@@ -10,15 +10,16 @@ The same numbers can come from different libraries, and which is fastest depends
               layout end to end with weights packed once (no faster where measured; kept as an
               option for FEATX_KERNELS and the bench).
 
-The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every CPU that is not
-Intel's, on MKL on Intel's (where MKL is tuned); convolutions stay channels-last. A rule keeps
+The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every x86 CPU that is
+not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
+stay channels-last. A rule keeps
 every process on one machine on the same kernels, so a resumed run, or a Ray worker beside the
 driver, gives bit-identical descriptors; a timing could flip on a busy host. `measure()` times
 both candidates of each kind (bench/extract.py records it per machine), to check the rule.
 Every choice gives the reference dense net's descriptors within 1e-5 relative
 (tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use cuBLAS/cuDNN.
 
-FEATX_KERNELS="conv=onednn,fc=gemm" (either part alone is fine) overrides the rule.
+FEATX_KERNELS="conv=onednn,fc=gemm" (either part alone is fine) overrides the rule on CPUs.
 """
 from __future__ import annotations
 
@@ -78,15 +79,20 @@ def choose(device, dtype) -> Kernels:
 @functools.lru_cache(maxsize=None)
 def _choose(device_type: str, dtype) -> Kernels:
     import torch
+    if device_type != "cpu":  # FEATX_KERNELS is about CPUs: GPUs run cuBLAS / cuDNN
+        return Kernels(how=f"{device_type}: torch's own kernels")
     forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
-    how = "FEATX_KERNELS" if forced else "default"
-    if device_type != "cpu" or not torch.backends.mkldnn.is_available() or dtype == torch.float16:
-        return Kernels(**forced, how=how)
+    if not torch.backends.mkldnn.is_available() or dtype == torch.float16:
+        if "onednn" in forced.values():
+            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: oneDNN kernels need a "
+                              "torch built with oneDNN (MKLDNN) and float32 or bfloat16")
+        return Kernels(**forced, how="FEATX_KERNELS" if forced else "default")
     rule = {}
-    if dtype == torch.float32 and cpu_info().vendor != "GenuineIntel":
+    vendor = cpu_info().vendor  # x86 only ("" on ARM and elsewhere: MKL is not in play there)
+    if dtype == torch.float32 and vendor and vendor != "GenuineIntel":
         rule["fc"] = "onednn"
     how = ", ".join(filter(None, [
-        f"CPU rule ({cpu_info().vendor or 'unknown vendor'}: fc on oneDNN)" if rule else "",
+        f"CPU rule ({vendor}: fc on oneDNN)" if rule else "",
         "FEATX_KERNELS" if forced else ""])) or "default"
     return Kernels(**(rule | forced), how=how)
 

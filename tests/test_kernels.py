@@ -51,7 +51,7 @@ def test_kernels_are_named_and_checked(monkeypatch):
     assert str(ex.kernels) == "conv=onednn,fc=onednn" and ex.model.kernels == ex.kernels
 
 
-@pytest.mark.parametrize("vendor,fc", [("AuthenticAMD", "onednn"), ("GenuineIntel", "gemm"), ("", "onednn")])
+@pytest.mark.parametrize("vendor,fc", [("AuthenticAMD", "onednn"), ("GenuineIntel", "gemm"), ("", "gemm")])
 def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
     monkeypatch.setattr(K, "cpu_info", lambda: K.CpuInfo("X", ("avx2",), 2, vendor))
     monkeypatch.delenv("FEATX_KERNELS", raising=False)
@@ -66,6 +66,9 @@ def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
         monkeypatch.setenv("FEATX_KERNELS", "conv=onednn")
         forced = K.choose("cpu", torch.float32)
         assert (forced.conv, forced.fc) == ("onednn", fc) and "FEATX_KERNELS" in forced.how
+        assert K.choose("cuda", torch.float32) == K.Kernels()  # the override is about CPUs
+        with pytest.raises(ConfigError, match="oneDNN kernels need"):
+            K.choose("cpu", torch.float16)
     finally:
         K._choose.cache_clear()
 
