@@ -13,6 +13,8 @@ from .datasets import DATASETS
 from .pipeline import Pipeline
 from .results import Result, load_result, read_result
 
+BENCH_FIGURES = "bench"  # RESULTS_DIR/bench: benchmark figures per machine, not protocol runs
+
 TABLE_TITLES = {
     "table11": "Table 11: image classification (VOC mAP; Caltech mean class recall, mean ± std over 3 splits)",
     "table12": "Table 12: VOC-2012 action classification (val mAP over 10 actions, D & E)",
@@ -186,8 +188,10 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                 png = ablation_figure(f"{dataset} vs {base}", bars, figures / f"ablation-{base}.png")
                 lines += [f"![{dataset} ablations against {base}](figures/{png.name})", ""]
     known = {(p.dataset, p.name) for p in pipelines}
-    others = sorted(path for path in results_dir.glob("*/*.json")  # result files, not model records
-                    if (path.parent.name, path.stem) not in known and not path.name.endswith(".model.json"))
+    # result files: not model records, nor the benchmark figures of results/bench (bench/*.py)
+    others = sorted(path for path in results_dir.glob("*/*.json")
+                    if (path.parent.name, path.stem) not in known and not path.name.endswith(".model.json")
+                    and path.parent.name != BENCH_FIGURES)
     if others:
         lines += ["## Other runs (featx svm outside the pipelines)", "",
                   "| dataset | run | result | nets, weights, scales | C | evaluated on | command |",
