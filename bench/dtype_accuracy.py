@@ -17,7 +17,6 @@ relative error of every descriptor both caches hold at that scale, and the proto
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -25,9 +24,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx.cache import DONE, DescriptorCache  # noqa: E402
-from featx.kernels import cpu_info  # noqa: E402
 
-from extract import cpu_slug  # noqa: E402
+from common import save_figures  # noqa: E402
 
 
 def common_rows(ref: DescriptorCache, cand: DescriptorCache, q: int):
@@ -77,11 +75,7 @@ def main():
     a = p.parse_args()
     t = time.perf_counter()
     descriptors = compare(a.reference, a.candidate, a.scale)
-    cpu = cpu_info()
-    out = {"bench": "dtype_accuracy", "command": " ".join(["python bench/dtype_accuracy.py"] + sys.argv[1:]),
-           "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-           "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": cpu.cores},
-           "torch": __import__("torch").__version__, "scale": a.scale, "descriptors": descriptors}
+    out = {"scale": a.scale, "descriptors": descriptors}
     c, e = descriptors["cosine"], descriptors["max_relative_error"]
     print(f"{descriptors['images']} images at Q={a.scale}, {descriptors['dtype_candidate']} vs "
           f"{descriptors['dtype_reference']}: cosine min {c['min']:.6f}, 1st percentile {c['p1']:.6f}, "
@@ -96,12 +90,7 @@ def main():
                   f"(splits: {', '.join(f'{v:.2f}' for v in r['per_split'])}; C = {r['C']})")
         out["difference"] = out["candidate"]["headline"] - out["reference"]["headline"]
         print(f"difference: {out['difference']:+.2f} points")
-    path = a.json or os.path.join(os.path.dirname(__file__), "..", "results", "bench",
-                                  f"{cpu_slug(cpu.model)}-{descriptors['dtype_candidate']}-accuracy.json")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(out, f, indent=2)
-    print(f"wrote {os.path.normpath(path)}")
+    save_figures("dtype_accuracy", out, path=a.json, suffix=f"-{descriptors['dtype_candidate']}-accuracy")
 
 
 if __name__ == "__main__":

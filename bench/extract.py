@@ -22,10 +22,7 @@ process's peak RSS so far (CPU; configurations run in increasing Q) or torch's p
 per configuration (CUDA).
 """
 import argparse
-import json
 import os
-import platform
-import re
 import resource
 import sys
 import time
@@ -44,7 +41,7 @@ from featx.images import target_size  # noqa: E402
 from featx.nets import NETS, random_state_dict, reference_dense_net  # noqa: E402
 from featx.weights import TORCHVISION  # noqa: E402
 
-from common import SMOKE  # noqa: E402  (bench/common.py)
+from common import SMOKE, save_figures  # noqa: E402  (bench/common.py)
 
 SHORT = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
 
@@ -136,11 +133,6 @@ def conv_flops(shapes) -> float:
 def cosine(a, b):
     a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
     return float(np.min((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))))
-
-
-def cpu_slug(model: str) -> str:
-    """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of a machine's figures."""
-    return re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "unknown-cpu"
 
 
 def main():
@@ -249,22 +241,11 @@ def main():
                         if a.profile:
                             profile(f"{how} ({ex.kernels}), Net-{net} Q={q}", lambda: ex.extract(images),
                                     a.profile)
-    out = a.json
-    if out is None and not a.smoke:
-        name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu.model
-        out = os.path.join(os.path.dirname(__file__), "..", "results", "bench", f"{cpu_slug(name)}.json")
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump({"bench": "extract", "command": " ".join(["python bench/extract.py"] + sys.argv[1:]),
-                       "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(), "device": where,
-                       "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": cpu.cores},
-                       "threads": torch.get_num_threads(), "torch": torch.__version__,
-                       "kernels_chosen": {d: str(choose_kernels(device, DTYPES[d])) for d in dtypes},
-                       "kernel_rates": kernel_rates,
-                       "rows": rows}, f, indent=2)
-        print(f"wrote {os.path.normpath(out)}")
-
+    if a.json or not a.smoke:
+        save_figures("extract", {
+            "device": where, "kernels_chosen": {d: str(choose_kernels(device, DTYPES[d])) for d in dtypes},
+            "kernel_rates": kernel_rates, "rows": rows},
+            path=a.json, machine=torch.cuda.get_device_name(device) if device.type == "cuda" else None)
 
 if __name__ == "__main__":
     main()

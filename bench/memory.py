@@ -13,7 +13,6 @@ and writes results/bench/<cpu model>-memory.json.
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -91,18 +90,9 @@ def main():
         runs.append(run)
         print(f"malloc_trim {mode:<3}: {run['images']} images ({run['shapes']} shapes) at {run['images_per_s']:.2f} img/s; "
               "RSS GiB " + " ".join(f"{n}:{g:.2f}" for n, g in run["rss_gib"]))
-    from featx.kernels import cpu_info
-    from extract import cpu_slug
-    cpu = cpu_info()
-    out = a.json or (None if a.smoke else os.path.join(HERE, "..", "results", "bench", f"{cpu_slug(cpu.model)}-memory.json"))
-    if out:
-        with open(out, "w") as f:
-            json.dump({"bench": "memory", "command": " ".join(["python bench/memory.py"] + sys.argv[1:]),
-                       "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                       "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": cpu.cores},
-                       "scale": a.scale, "rows": runs}, f, indent=2)
-        print(f"wrote {os.path.normpath(out)}")
-
+    from common import save_figures
+    if a.json or not a.smoke:
+        save_figures("memory", {"scale": a.scale, "rows": runs}, path=a.json, suffix="-memory")
 
 if __name__ == "__main__":
     main()

@@ -17,9 +17,7 @@ The first layer (3 input channels) stays a direct convolution: a 3-deep product 
 transform and no arithmetic.
 """
 import argparse
-import json
 import os
-import platform
 import sys
 import time
 
@@ -34,8 +32,7 @@ from featx.cost import descriptor_flops  # noqa: E402
 from featx.kernels import cpu_info  # noqa: E402
 from featx.nets import NETS  # noqa: E402
 
-from common import SMOKE  # noqa: E402
-from extract import cpu_slug  # noqa: E402
+from common import SMOKE, save_figures  # noqa: E402
 
 # Transforms of Lavin & Gray (2016), eqs. 7 and 9 (F(4x4,3x3) with points 0, +-1, +-2, inf).
 TRANSFORMS = {
@@ -173,19 +170,9 @@ def main():
                     out, dt = timed(lambda: wino.extract(images), a.repeats)
                     err = float(np.max(np.abs(out - ref).max(axis=-1) / np.abs(ref).max(axis=-1)))
                     report(f"Winograd F({m}x{m},3x3), C_in >= {cmin}", dt, err)
-    out = a.json
-    if out is None and not a.smoke:
-        out = os.path.join(os.path.dirname(__file__), "..", "results", "bench", f"{cpu_slug(cpu.model)}-winograd.json")
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            json.dump({"bench": "winograd", "command": " ".join(["python bench/winograd.py"] + sys.argv[1:]),
-                       "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
-                       "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": cpu.cores},
-                       "threads": torch.get_num_threads(), "torch": torch.__version__, "images": source,
-                       "weights": a.weights, "rows": rows}, f, indent=2)
-        print(f"wrote {os.path.normpath(out)}")
-
+    if a.json or not a.smoke:
+        save_figures("winograd", {"images": source, "weights": a.weights, "rows": rows}, path=a.json,
+                     suffix="-winograd")
 
 if __name__ == "__main__":
     main()

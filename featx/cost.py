@@ -39,7 +39,7 @@ def ceiling_rates(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
     AMD CPUs)."""
     import torch
     import torch.nn.functional as F
-    from .kernels import _best_rate, onednn_linear
+    from .kernels import _best_rate, conv_rates, onednn_linear
     device = torch.device(device)
     dtype = dtype or torch.float32
     gen = torch.Generator().manual_seed(0)
@@ -63,7 +63,6 @@ def ceiling_rates(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
             # oneDNN's direct 3x3 convolution can beat any GEMM here (its own AVX-512 blocking):
             # VGG's conv3 and conv4 layers, in either layout, so no layer of the net outruns it
             if n >= 1024:
-                from .kernels import conv_rates
                 rates["oneDNN 3x3 conv"] = max(
                     *conv_rates(dtype, batch=2, channels=256, side=56).values(),
                     *conv_rates(dtype, batch=2, channels=512, side=28).values())
@@ -76,8 +75,9 @@ def matmul_gflops(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
     return max(ceiling_rates(n, repeats, device, dtype).values())
 
 
-# Fraction of the matrix-multiply ceiling that extraction reaches on CPU
-# (bench/extract.py: 72% for Net-D at Q=256, batch 8, 2 threads).
+# Fraction of the ceiling (matmul_gflops: the best library's rate) that a whole extraction
+# reaches on CPU: the forward passes alone reach 81-86% in fp32 on a 2-core AMD EPYC
+# (results/bench/amd-epyc.json); 0.7 leaves room for decoding, resizing and cache writes.
 CPU_EFFICIENCY = 0.7
 
 

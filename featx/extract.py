@@ -290,7 +290,8 @@ class Extractor:
         if self.flip:
             pooled = (pooled[:n] + pooled[n:]) / 2
         out = pooled.cpu().numpy()
-        if self.device.type == "cpu" and _malloc_trim() is not None:
+        trim = _malloc_trim() if self.device.type == "cpu" else None
+        if trim is not None:
             del x, pooled
-            _malloc_trim()(0)
+            trim(0)
         return out

@@ -4,20 +4,20 @@ The same numbers can come from different libraries, and which is fastest depends
 
   fc6 / fc7   "gemm": torch's matrix product (MKL on CPU, cuBLAS on GPU), or "onednn": oneDNN's
               linear with the weights packed once. MKL runs its generic, slower code on CPUs
-              that are not Intel's: on a 2-core AMD EPYC its fp32 product reaches 75-155 GFLOP/s
-              where oneDNN's reaches 155-195 (bench/extract.py, results/bench/).
+              that are not Intel's: on a 2-core AMD EPYC an fc7-sized fp32 product reaches
+              117-157 GFLOP/s with MKL and 197-205 with oneDNN (results/bench/amd-epyc.json).
   3x3 convs   "channels_last": NHWC tensors (oneDNN underneath), or "onednn": oneDNN's blocked
               layout end to end with weights packed once (no faster where measured; kept as an
               option for FEATX_KERNELS and the bench).
 
 The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every x86 CPU that is
 not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
-stay channels-last. A rule keeps
-every process on one machine on the same kernels, so a resumed run, or a Ray worker beside the
-driver, gives bit-identical descriptors; a timing could flip on a busy host. `measure()` times
-both candidates of each kind (bench/extract.py records it per machine), to check the rule.
-Every choice gives the reference dense net's descriptors within 1e-5 relative
-(tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use cuBLAS/cuDNN.
+stay channels-last. A rule keeps every process on one machine on the same kernels, so a resumed
+run, or a Ray worker beside the driver, gives bit-identical descriptors; a timing could flip on
+a busy host. `measure()` times both candidates of each kind (bench/extract.py records it per
+machine), to check the rule. Every choice gives the reference dense net's descriptors within
+1e-5 relative (tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use
+cuBLAS/cuDNN.
 
 FEATX_KERNELS="conv=onednn,fc=gemm" (either part alone is fine) overrides the rule on CPUs.
 """
@@ -147,7 +147,8 @@ def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> di
 
 # -- the oneDNN layers ---------------------------------------------------------------------------
 
-def _define_layers():
+@functools.lru_cache(maxsize=None)
+def _layers():
     """The oneDNN modules, defined on first use so that `import featx.kernels` needs no torch."""
     import torch
     from torch import nn
@@ -193,11 +194,6 @@ def _define_layers():
     return _OneDNNLinear, _OneDNNConv2d
 
 
-@functools.lru_cache(maxsize=None)
-def _layers():
-    return _define_layers()
-
-
 def onednn_linear(weight, bias):
     """A module computing x @ weight.T + bias with oneDNN, the weight packed once."""
     return _layers()[0](weight, bias)
@@ -232,17 +228,15 @@ class CpuInfo:
 
 @functools.lru_cache(maxsize=None)
 def cpu_info() -> CpuInfo:
-    model, flags, vendor = platform.processor() or platform.machine(), set(), ""
+    fields = {}  # the first CPU's "key: value" lines
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in (platform.processor(), platform.machine()):
-                model = value.strip()
-            elif key.strip() == "vendor_id" and not vendor:
-                vendor = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())
     except OSError:  # not Linux: the model name from platform, no flags
         pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    vendor = fields.get("vendor_id", "")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return CpuInfo(model, tuple(f for f in CPU_FLAGS if f in flags), cores, vendor)

@@ -101,7 +101,7 @@ def table_markdown(pipelines: list[Pipeline], results: dict) -> list[str]:
     return lines
 
 
-def per_class_figure(result: Result, csv_path: Path, out: Path, title: str) -> Path:
+def per_class_figure(csv_path: Path, out: Path, title: str) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -173,7 +173,7 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                 lines += [why, ""]
             if r is not None:
                 what = "AP" if p.metric == "map" else "recall"
-                png = per_class_figure(r, r.path.with_suffix(".csv"), figures / f"{p.name}-per-class.png",
+                png = per_class_figure(r.path.with_suffix(".csv"), figures / f"{p.name}-per-class.png",
                                        f"{p.name}: {p.row}, per-class {what} ({r.evaluated_on}"
                                        + (", mean over splits)" if len(r.runs) > 1 else ")"))
                 lines += [f"![{p.name} per-class {what}](figures/{png.name})", ""]

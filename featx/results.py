@@ -32,6 +32,10 @@ class SplitRun:
     scores: dict | None = None  # metric -> per-class array: in memory after a run (the CSV holds them)
     model: object = None  # the fitted OneVsRestSVM: in memory after a run (featx.model saves it)
 
+    def __post_init__(self):
+        if self.scores is not None and not self.mean:  # after a run: derived from the scores
+            self.mean = {k: nanmean(v) for k, v in self.scores.items()}
+
     def to_json(self) -> dict:
         return {"split": self.split, "C": self.C, "validation": {str(c): v for c, v in self.validation.items()},
                 "trained_on": self.trained_on, "evaluated_on": self.evaluated_on, "mean": self.mean}
@@ -135,13 +139,11 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
                           for r in result.runs for c, cls in enumerate(result.classes)])
     csv_path = out_dir / f"{run_name}.csv"
     table.to_csv(csv_path, index=False)
-    for r in result.runs:
-        r.mean = {k: nanmean(v) for k, v in r.scores.items()}
-    result.versions = _versions()
-    result.written = time.strftime("%Y-%m-%d %H:%M:%S %z")
     json_path = out_dir / f"{run_name}.json"
+    # what the file records of its writing; the caller's Result is left as it was
+    result = dataclasses.replace(result, versions=_versions(), written=time.strftime("%Y-%m-%d %H:%M:%S %z"),
+                                 path=json_path)
     json_path.write_text(json.dumps(result.to_json(), indent=2, default=str))
-    result.path = json_path
     md_path = out_dir / f"{run_name}.md"
     md_path.write_text(render_markdown(result, table, run_name))
 
