@@ -195,6 +195,14 @@ class DescriptorCache:
                       "todo": int((s == TODO).sum())}
         return out
 
+    def timing(self) -> dict[int, tuple[float, int]]:
+        """{Q: (seconds, rows)}: the wall time writers spent computing rows at Q, summed over
+        every run that wrote to the file (so over interruptions and resumes), and how many
+        rows that time made. Rows computed before featx 0.4.1 were not timed."""
+        with self._reading("timing"), self._open() as f:
+            return {q: (float(f[f"scales/{q}"].attrs.get("wall_seconds", 0.0)),
+                        int(f[f"scales/{q}"].attrs.get("timed_rows", 0))) for q in self.scales}
+
     def missing(self, scales: Sequence[int], rows=None) -> dict[int, np.ndarray]:
         """{Q: rows not done} for the requested rows (all rows when None)."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -480,8 +488,10 @@ class Writer:
     def errors(self) -> np.ndarray:
         return self.f["errors"][()]
 
-    def commit(self, q: int, rows: np.ndarray, descriptors: np.ndarray, failures: dict) -> None:
-        """Write rows (and their checksums) and failure reasons, flush, then mark them."""
+    def commit(self, q: int, rows: np.ndarray, descriptors: np.ndarray, failures: dict,
+               seconds: float = 0.0) -> None:
+        """Write rows (and their checksums) and failure reasons, flush, then mark them.
+        seconds: the wall time the batch took, added to the scale's running total (timing)."""
         try:
             group = self.f[f"scales/{q}"]
             if len(rows):
@@ -493,6 +503,9 @@ class Writer:
             done = np.concatenate([rows, list(failures)]).astype(np.int64)
             order = np.argsort(done)
             group["status"][done[order]] = np.where(np.isin(done, rows), DONE, FAILED)[order]
+            if seconds:
+                group.attrs["wall_seconds"] = float(group.attrs.get("wall_seconds", 0.0)) + seconds
+                group.attrs["timed_rows"] = int(group.attrs.get("timed_rows", 0)) + len(rows)
             self.f.flush()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(e):

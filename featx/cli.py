@@ -263,6 +263,7 @@ def info(paths, failures, verify):
     PATHS are cache files or folders (searched for *.h5).
     """
     from .cache import DescriptorCache
+    from .cost import format_duration
 
     files = []
     for p in paths:
@@ -285,8 +286,12 @@ def info(paths, failures, verify):
         click.echo(f"  preprocess  {a['preprocess']} ({a['channel_order']}, mean {a['mean']}, std {a['std']})")
         click.echo(f"  flip        {bool(a['flip'])}; resize {a['interpolation']}")
         click.echo(f"  made by     featx {a.get('featx_version')}, torch {a.get('torch_version')}, {a.get('created')}")
+        timing = c.timing()
         for q, n in c.counts().items():
-            click.echo(f"  Q={q:<5} done {n['done']:>7}  failed {n['failed']:>5}  to do {n['todo']:>7}")
+            seconds, timed = timing[q]
+            spent = (f"  {format_duration(seconds)} wall, {seconds / timed:.2f} s/image over {timed} timed rows"
+                     if timed else "")
+            click.echo(f"  Q={q:<5} done {n['done']:>7}  failed {n['failed']:>5}  to do {n['todo']:>7}{spent}")
         if not c.checksummed:
             click.echo("  checksums   none yet (written by featx 0.2.0; added when featx extract next writes to it)")
         if verify:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .images import target_size
-from .nets import NetSpec, get_spec
+
+if TYPE_CHECKING:
+    from .nets import NetSpec
 
 
 def forward_flops(spec: NetSpec | str, h: int, w: int) -> int:
     """2 x multiply-adds of one dense forward pass on an h x w input (conv stack, fc6 as a
     7x7 conv, fc7 as a 1x1 conv; pools, ReLUs and the average pool are negligible)."""
+    from .nets import get_spec  # imports torch: not needed by format_duration (featx info)
     spec = get_spec(spec)
     flops, c = 0, 3
     for v in spec.layers:

@@ -159,13 +159,18 @@ def _extract_locked(ex, items, ids, path, name, rows, strict, progress, on_batch
                 w.commit(q, np.empty(0, np.int64), np.empty((0, ex.dim), np.float32), too_big)
                 status = w.status(q)
             skip[q] = status != fmt.TODO
+        # Each batch's wall time (reading, resizing, forward passes) goes into the file with it,
+        # so `featx info` can tell what a scale cost across interruptions and resumes.
+        tick = time.perf_counter()
         for batch in ex.iter_batches(items, sizes, scales, skip):
-            w.commit(batch.scale, batch.indices, batch.descriptors, batch.failures)
+            w.commit(batch.scale, batch.indices, batch.descriptors, batch.failures,
+                     seconds=time.perf_counter() - tick)
             summary.computed += len(batch.indices)
             if on_batch is not None:
                 on_batch(batch)
             if strict and batch.failures:
                 raise ImageError(next(iter(batch.failures.values())))
+            tick = time.perf_counter()
         errs = w.errors()
         for q in scales:
             bad = np.flatnonzero((w.status(q) == fmt.FAILED) & wanted)

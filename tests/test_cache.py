@@ -86,6 +86,18 @@ def test_rows_restrict_the_work(tmp_path):
         c.load()
 
 
+def test_wall_time_is_summed_per_scale_across_resumes(tmp_path):
+    items, ids = image_set(tmp_path)
+    path = tmp_path / "c.h5"
+    extract_to_cache(tiny(), items, ids, path, rows=[0, 4, 5], progress=False)
+    first = DescriptorCache(path).timing()
+    assert [rows for _, rows in first.values()] == [3, 3] and all(s > 0 for s, _ in first.values())
+    extract_to_cache(tiny(), items, ids, path, progress=False)  # the 7 rows left, at both scales
+    again = DescriptorCache(path).timing()
+    assert [rows for _, rows in again.values()] == [10, 10]
+    assert all(again[q][0] > first[q][0] for q in (224, 256))
+
+
 def test_other_settings_or_image_set_are_refused(tmp_path):
     items, ids = image_set(tmp_path)
     path = tmp_path / "c.h5"
@@ -228,6 +240,7 @@ def test_a_0_2_0_cache_loads_resumes_and_gains_checksums(tmp_path):
     items, ids = fixture_images(tmp_path)
     old = DescriptorCache(path)
     assert old.attrs["featx_version"] == "0.2.0" and not old.checksummed and "weights_digest" not in old.attrs
+    assert old.timing() == {224: (0.0, 0)}  # 0.2.0 did not time its rows
     fresh = tiny(scales=(224,)).extract(items)
     # the same numbers as today's code (within float rounding: the fixture may come from another
     # CPU, and batches of other sizes round differently in the last bit)
@@ -241,6 +254,7 @@ def test_a_0_2_0_cache_loads_resumes_and_gains_checksums(tmp_path):
     assert np.array_equal(new.load(rows=[0, 1, 2, 3], scales=[224]), old.load(rows=[0, 1, 2, 3]))
     np.testing.assert_allclose(new.load(), tiny().extract(items), rtol=1e-5, atol=1e-6)
     assert all(len(new.corrupt(q)) == 0 for q in (224, 256))
+    assert [rows for _, rows in new.timing().values()] == [2, 6]  # the rows 0.2.0 made are not timed
 
 
 def test_weights_are_identified_by_content_not_file_name(tmp_path):

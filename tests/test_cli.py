@@ -1,4 +1,5 @@
 import json
+import re
 import socket
 
 import click
@@ -57,6 +58,7 @@ def test_extract_images_then_info(tmp_path, photos):
     for line in ["image set   photos: 6 images", "Net-T (tiny), 16-D fc7, float32",
                  "Q=224   done       5  failed     1  to do       0", "failed broken.jpg: "]:
         assert line in r.output, r.output
+    assert re.search(r"Q=256 .* to do       0  \d+ s wall, \d+\.\d\d s/image over 5 timed rows", r.output), r.output
     r = run("info", tmp_path)  # a folder lists every cache in it
     assert str(out) in r.output
 
