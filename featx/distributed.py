@@ -25,11 +25,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .images import read_sizes
 from .errors import ConfigError, EngineError
-from .extract import Batch, Extractor, check_scales
+from .extract import Batch, Extractor, WorkBar, check_scales
 from .nets import get_spec
 from .weights import Weights, load_weights
 
@@ -202,7 +201,6 @@ class RayExtractor:
     def iter_batches(self, images: Sequence, sizes: Sequence, scales=None,
                      skip=None) -> Iterator[Batch]:
         shards = self.shards(sizes, scales, skip)
-        total = sum(len(p) for _, passes in shards for p in passes)
         if not shards:
             return
         ray = connect(self.address)
@@ -224,11 +222,11 @@ class RayExtractor:
         # Our bar replaces Ray Data's progress logs; its error tracebacks become one EngineError.
         quiet.setLevel(logging.CRITICAL)
         try:
-            with tqdm(total=total, unit="img", disable=not self.progress, leave=False,
-                      desc=f"Net-{self.spec.name} on Ray, {n} worker(s)") as bar:
+            with WorkBar(self.spec, shards, sizes, self.flip, f"Net-{self.spec.name} on Ray, {n} worker(s),",
+                         self.progress) as bar:
                 for block in _worker_errors(out.iter_batches(batch_size=None, batch_format="numpy")):
                     for batch in _batches_of(block, seen):
-                        bar.update(len(batch.indices) + len(batch.failures))
+                        bar.update(batch)
                         yield batch
         finally:
             quiet.setLevel(level)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
 from .images import INTERPOLATION, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, choose as choose_kernels, cpu_info, parse_kernels
@@ -108,6 +109,49 @@ def plan_batches(sizes: Sequence, q: int, batch_size: int) -> list[np.ndarray]:
             groups[target_size(tuple(hw), q)].append(i)
     return [np.asarray(idx[k:k + batch_size]) for shape in sorted(groups)
             for idx in [groups[shape]] for k in range(0, len(idx), batch_size)]
+
+
+class WorkBar:
+    """One progress bar for a whole plan, advanced by each batch's FLOPs rather than by its
+    image count: a plan runs each scale's small shapes first and then the next, larger scale,
+    so a count of images promises the end hours too early. The label counts images per scale.
+
+    >>> with WorkBar(spec, plan, sizes, flip=True, label="Net-E") as bar:
+    ...     for batch in batches: bar.update(batch)
+    """
+
+    def __init__(self, spec, plan, sizes, flip: bool, label: str, enabled: bool = True):
+        self.sizes, self.label = sizes, label
+        self._flops = functools.lru_cache(maxsize=None)(
+            lambda hw, q: descriptor_flops(spec, hw, q, flip))
+        self.todo = {q: n for q, batches in plan if (n := sum(len(b) for b in batches))}
+        self.done = dict.fromkeys(self.todo, 0)
+        self.total = sum(self.flops(q, b) for q, batches in plan for b in batches)
+        self.done_flops = 0
+        self.bar = tqdm(total=self.total, desc=self.text(), leave=False,
+                        disable=not enabled or not self.todo,
+                        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
+
+    def flops(self, q: int, rows) -> int:
+        return sum(self._flops(tuple(int(v) for v in self.sizes[i]), q) for i in rows)
+
+    def text(self) -> str:
+        return f"{self.label} " + ", ".join(f"Q={q} {self.done[q]}/{n}" for q, n in self.todo.items()) + " images"
+
+    def update(self, batch: Batch) -> None:
+        rows = [*map(int, batch.indices), *batch.failures]
+        self.done[batch.scale] += len(rows)
+        flops = self.flops(batch.scale, rows)
+        self.done_flops += flops
+        self.bar.set_description_str(self.text(), refresh=False)
+        self.bar.update(flops)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
 
 
 class Extractor:
@@ -225,13 +269,12 @@ class Extractor:
         An image that fails to decode is reported in its Batch's `failures`, not raised.
         """
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="featx-load")
+        plan = self.plan(sizes, scales, skip)
         try:
-            for q, batches in self.plan(sizes, scales, skip):
-                total = sum(len(b) for b in batches)
-                with tqdm(total=total, desc=f"Net-{self.spec.name} Q={q}", unit="img",
-                          disable=not self.progress or total == 0, leave=False) as bar:
+            with WorkBar(self.spec, plan, sizes, self.flip, f"Net-{self.spec.name}", self.progress) as bar:
+                for q, batches in plan:
                     for batch in self.run_passes(pool, images, q, batches):
-                        bar.update(len(batch.indices) + len(batch.failures))
+                        bar.update(batch)
                         yield batch
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

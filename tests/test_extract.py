@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from featx import Extractor, ImageError, aggregate, fuse, l2_normalize
-from featx.extract import plan_batches
+from featx.cost import descriptor_flops
+from featx.extract import Batch, WorkBar, plan_batches
 
 
 def tiny(**kw):
@@ -69,6 +70,24 @@ def test_plan_groups_by_shape_and_cuts_batches():
     batches = plan_batches(sizes, 256, batch_size=2)
     # shapes at Q=256: (256,341) x3 [0,2,4], (341,256) [1], (256,384) [5]; None left out
     assert [b.tolist() for b in batches] == [[0, 2], [4], [5], [1]]
+
+
+def test_progress_is_counted_in_flops_across_scales_and_images_per_scale():
+    ex = tiny(batch_size=2)
+    sizes = [(375, 500), (500, 375), (375, 500), None, (900, 600)]
+    skip = {224: np.array([True, False, False, False, False]), 256: np.zeros(5, bool)}
+    plan = ex.plan(sizes, skip=skip)
+    with WorkBar(ex.spec, plan, sizes, flip=True, label="Net-T", enabled=False) as bar:
+        want = {224: [descriptor_flops(ex.spec, sizes[i], 224) for i in (1, 2, 4)],
+                256: [descriptor_flops(ex.spec, sizes[i], 256) for i in (0, 1, 2, 4)]}
+        assert bar.total == sum(want[224]) + sum(want[256])
+        assert bar.text() == "Net-T Q=224 0/3, Q=256 0/4 images"
+        # the big image (900x600) costs more than the others: the bar moves by work, not count
+        bar.update(Batch(224, np.array([4]), np.zeros((1, 16), np.float32)))
+        bar.update(Batch(256, np.array([1]), np.zeros((0, 16), np.float32), {2: "cannot decode"}))
+        assert bar.text() == "Net-T Q=224 1/3, Q=256 2/4 images"
+        assert bar.done_flops == want[224][2] + want[256][1] + want[256][2]
+        assert want[224][2] > want[224][0]
 
 
 def test_aggregations_exact():
