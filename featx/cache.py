@@ -57,6 +57,32 @@ def cache_file(folder, net: str, weights) -> Path:
     return Path(folder) / f"{net}-{weights_tag(weights)}.h5"
 
 
+def lock_file(path) -> Path:
+    """The writer's lock of a cache file (featx.update.lock_cache takes it)."""
+    return Path(str(path) + ".lock")
+
+
+def being_written(path) -> bool:
+    """Whether a featx writer holds the cache's lock now (an extraction is running on it).
+
+    The probe takes a shared flock on the lock file for an instant; writers wait up to a
+    second for the lock, so it never refuses one. False where there is no flock (Windows)."""
+    try:
+        import fcntl
+        fd = os.open(lock_file(path), os.O_RDONLY)
+    except (ImportError, OSError):  # no lock file: no writer has run here
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    except OSError:  # a file system without flock: unknown, say nothing
+        return False
+    finally:
+        os.close(fd)  # and with it the probe's lock
+
+
 def ids_digest(ids: Sequence[str]) -> str:
     # surrogateescape: ids made from file names that are not valid UTF-8 keep their bytes
     return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()

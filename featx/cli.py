@@ -262,7 +262,7 @@ def info(paths, failures, verify):
 
     PATHS are cache files or folders (searched for *.h5).
     """
-    from .cache import DescriptorCache
+    from .cache import DescriptorCache, being_written
     from .cost import format_duration
 
     files = []
@@ -286,6 +286,8 @@ def info(paths, failures, verify):
         click.echo(f"  preprocess  {a['preprocess']} ({a['channel_order']}, mean {a['mean']}, std {a['std']})")
         click.echo(f"  flip        {bool(a['flip'])}; resize {a['interpolation']}")
         click.echo(f"  made by     featx {a.get('featx_version')}, torch {a.get('torch_version')}, {a.get('created')}")
+        if being_written(path):
+            click.echo("  writing     now: a featx extraction holds this file's lock (the counts grow)")
         timing = c.timing()
         for q, n in c.counts().items():
             seconds, timed = timing[q]
@@ -544,6 +546,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce voc2007-D voc2007-E      two rows of Table 11
       featx reproduce all --device cuda
     """
+    from .cache import being_written
     from .cost import CPU_EFFICIENCY, format_duration, matmul_gflops, tflop
     from .extract import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
@@ -568,10 +571,15 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
             click.echo(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
                        f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}  {note}")
         total = sum(c.flops for _, c, _ in costs if c is not None)
+        busy = any(c is not None and being_written(c.cache) for _, c, _ in costs)
         click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
                    f"FLOPs), {tflop(total)} TFLOP, about {format_duration(total_seconds(costs, rate))} "
                    f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else " (measured x 0.7)")
                    + "; SVM training on the caches adds minutes")
+        if busy and not gflops:
+            click.echo("note: a featx extraction is writing one of these caches now; if it runs on this "
+                       "machine, the rate above was measured on a shared device and the time is too long "
+                       "(give --gflops)")
         return
     results, skipped = run_pipelines(chosen, root, cache, results_dir, solver=solver, device=device, dtype=dtype,
                                      batch_size=batch_size, progress=not quiet,

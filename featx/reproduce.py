@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import cache_file
+from .cache import being_written, cache_file
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
@@ -90,7 +90,8 @@ def plan(pipelines, root, cache_dir: Path) -> list[tuple[Job, ExtractionCost | N
         path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights)
         if job.dataset in datasets:
             data = datasets[job.dataset]
-            out.append((job, extraction_cost(job.net, data.items, job.scales, path, rows=job.rows(data)), ""))
+            out.append((job, extraction_cost(job.net, data.items, job.scales, path, rows=job.rows(data)),
+                        "being extracted now" if being_written(path) else ""))
             continue
         n = DATASETS[job.dataset].images
         if n is None:

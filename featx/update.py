@@ -63,11 +63,12 @@ def oversized(sizes, q: int, rows=None) -> dict[int, str]:
 
 
 def lock_cache(path: Path) -> FileLock:
-    """The writer's lock (<file>.lock), taken without waiting: a second writer is refused."""
+    """The writer's lock (<file>.lock): a second writer is refused. It waits a second, no
+    longer, so that fmt.being_written's probe of the lock never refuses a writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(path) + ".lock")
+    lock = FileLock(str(fmt.lock_file(path)))
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=1)
     except Timeout:
         raise CacheError(f"{path} is being written by another featx process (lock {lock.lock_file});"
                          " wait for it to finish or stop it") from None

@@ -11,7 +11,7 @@ import pytest
 from filelock import FileLock
 
 from featx import CacheError, Extractor, ImageError
-from featx.cache import DONE, FAILED, DescriptorCache
+from featx.cache import DONE, FAILED, DescriptorCache, being_written, lock_file
 from featx.update import extract_to_cache
 
 from conftest import make_image
@@ -123,6 +123,24 @@ def test_lock_refuses_a_second_writer(tmp_path):
         held.release()
     assert not path.exists()
     extract_to_cache(tiny(), items, ids, path, progress=False)  # free again
+
+
+def test_being_written_sees_the_writers_lock_and_its_probe_never_refuses_a_writer(tmp_path):
+    import fcntl
+    import threading
+    path = tmp_path / "c.h5"
+    assert not being_written(path)  # no lock file yet
+    held = FileLock(str(lock_file(path)))
+    with held:
+        assert being_written(path)
+    assert not being_written(path)
+    # A probe's shared lock held for a moment (longer than any real probe) only delays a writer
+    items, ids = image_set(tmp_path, 2)
+    extractor = tiny()
+    fd = os.open(lock_file(path), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.3, os.close, (fd,)).start()
+    assert extract_to_cache(extractor, items, ids, path, progress=False).computed == 4  # 2 images x 2 scales
 
 
 def test_bad_inputs_are_recorded_not_fatal(tmp_path, monkeypatch):

@@ -28,7 +28,6 @@ def test_separable_data_is_learnt_perfectly(solver):
 
 def test_unfitted_and_mismatched_inputs_are_clear_errors():
     from sklearn.exceptions import NotFittedError
-    from featx.errors import ConfigError
     X, y = blobs(60, 8, 3, 0.1, 0)
     with pytest.raises(NotFittedError):
         OneVsRestSVM().predict(X)

@@ -5,6 +5,7 @@ import socket
 import click
 import pytest
 from click.testing import CliRunner
+from filelock import FileLock
 
 from featx.cache import DescriptorCache
 from featx.cli import main, parse_scales
@@ -59,8 +60,11 @@ def test_extract_images_then_info(tmp_path, photos):
                  "Q=224   done       5  failed     1  to do       0", "failed broken.jpg: "]:
         assert line in r.output, r.output
     assert re.search(r"Q=256 .* to do       0  \d+ s wall, \d+\.\d\d s/image over 5 timed rows", r.output), r.output
+    assert "writing     now" not in r.output
     r = run("info", tmp_path)  # a folder lists every cache in it
     assert str(out) in r.output
+    with FileLock(str(out) + ".lock"):  # as an extraction holds it
+        assert "writing     now: a featx extraction holds this file's lock" in run("info", out).output
 
 
 def test_list_file_and_out_folder_per_net(tmp_path, photos):
