@@ -157,7 +157,7 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
               show_default=True, help="Compute type. float32: the paper's rows. bfloat16: GPUs, and CPUs "
-              "with native bfloat16 (avx512_bf16 or AMX; about 2x float32 there, Caltech-101 accuracy "
+              "with native bfloat16 (avx512_bf16: about 2x float32; AMX: about 3x; Caltech-101 accuracy "
               "unchanged: see the README), emulated and slower elsewhere (featx warns). float16: GPUs. "
               "The cache records it: the types never mix in one file.")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")

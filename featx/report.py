@@ -54,6 +54,9 @@ def protocol_differences(p: Pipeline, result: Result) -> str | None:
     notes = weights_notes(result)
     if notes:
         known.append("weights: " + "; ".join(notes))
+    if result.compute_dtype != "float32":
+        known.append(f"descriptors computed in {result.compute_dtype}, not float32 (its effect on "
+                     "Caltech-101 at Q = 256 is measured in results/bench/*-bfloat16-accuracy.json)")
     return (f"{p.name}: {gap:+.1f} points from the paper's {paper}" + (f" ± {std}" if std else "")
             + ". What differs from the paper's protocol, as far as known: " + "; ".join(known) + ".")
 
@@ -78,6 +81,8 @@ def _config_cell(p: Pipeline, result: Result | None) -> str:
     if result:
         cs = sorted(set(result.chosen_c))
         cell += f"; C {','.join(f'{c:g}' for c in cs)}; {result.config['solver']} on {result.config['device']}"
+        if result.compute_dtype != "float32":
+            cell += f"; descriptors in {result.compute_dtype}"
     return cell
 
 

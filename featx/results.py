@@ -87,6 +87,13 @@ class Result:
         return [r.C for r in self.runs]
 
     @property
+    def compute_dtype(self) -> str:
+        """The type the descriptors were computed in ("float32" for 0.2.0 caches, which
+        recorded none); one per result, since the caches of one descriptor never mix types."""
+        types = sorted({str(m.get("dtype") or "float32") for m in (self.descriptors or {}).values()})
+        return "+".join(types) or "float32"
+
+    @property
     def evaluated_on(self) -> str:
         return ", ".join(r.evaluated_on for r in self.runs)
 
@@ -168,7 +175,8 @@ def render_markdown(result: Result, table, run_name: str) -> str:
     cfg = result.config
     lines = [f"# {result.dataset}: {run_name}", "", result.headline_text(), "",
              f"- nets {', '.join(cfg['nets'])}; weights {cfg['weights']}; scales {cfg['scales']}; "
-             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else ""),
+             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else "")
+             + f"; computed in {result.compute_dtype}",
              f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
              + ", ".join(f"{c:g}" for c in result.chosen_c),
              f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}",

@@ -194,3 +194,26 @@ def test_reproduce_end_to_end_writes_the_report(tmp_path):
     assert ("| voc2007 | [T-224-224x1-mean](voc2007/T-224-224x1-mean.md) | mAP (VOC-2007 11-point AP) "
             in (results / "README.md").read_text())
     assert "`featx svm voc2007 --net T --scales 224 --weights random --c-grid 1 --root" in (results / "README.md").read_text()
+
+
+def test_a_row_computed_in_bfloat16_says_so(tmp_path):
+    """The paper's rows are float32; a row whose descriptors were computed in another type is
+    labelled as such in its markdown, in the report's configuration cell and in what differs."""
+    make_caltech(tmp_path, "caltech101", per_class=(32, 34), real_images=True)
+    pipes = tmp_path / "pipelines"
+    pipes.mkdir()
+    (pipes / "caltech101-T.toml").write_text(GOOD.replace("voc2007", "caltech101").replace('"map"', '"mcr"')
+                                             .replace("[224, 256]", "[224]").replace('"mean"', '"stack"')
+                                             + "paper = [1.0, 0.1]\n")  # far off: the differences are listed
+    results = tmp_path / "results"
+    args = ["reproduce", "caltech101-T", "--pipelines", pipes, "--root", tmp_path, "--results-dir", results,
+            "--dtype", "bfloat16", "-q"]
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    md = (results / "caltech101" / "caltech101-T.md").read_text()
+    assert "aggregation stack; computed in bfloat16" in md
+    meta = json.loads((results / "caltech101" / "caltech101-T.json").read_text())
+    assert meta["descriptors"]["T"]["dtype"] == "bfloat16"
+    report = (results / "README.md").read_text()
+    assert "T random; Q 224 stack; C " in report and "; torch on cpu; descriptors in bfloat16 |" in report
+    assert "descriptors computed in bfloat16, not float32" in report
