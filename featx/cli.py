@@ -9,6 +9,7 @@ import numpy as np
 
 from .errors import ConfigError, FeatxError
 from .images import IMAGE_EXTENSIONS
+from .paths import COMPUTE_TYPES
 
 
 
@@ -155,11 +156,11 @@ def command_of(ctx: click.Context) -> str:
               help="Cache file (FILE.h5, one net) or folder (one <net>-<weights>.h5 per net).")
 @click.option("--cache-dir", help="Where dataset caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32",
+@click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32",
               show_default=True, help="Compute type. float32: the paper's rows. bfloat16: GPUs, and CPUs "
               "with native bfloat16 (avx512_bf16: about 2x float32; AMX: about 3x; Caltech-101 accuracy "
               "unchanged: see the README), emulated and slower elsewhere (featx warns). float16: GPUs. "
-              "The cache records it: the types never mix in one file.")
+              "Other types than float32 get their own cache file (<net>-<weights>-<dtype>.h5).")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")
 @click.option("--workers", type=click.IntRange(min=1), help="Threads decoding images ahead of the net [min(4, cores)].")
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
@@ -227,7 +228,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
             raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
         ray_options = {}
     extract_nets(nets, weights, items, ids, name,
-                 lambda net: out if single_file else cache_file(out, net, weights[net]),
+                 lambda net: out if single_file else cache_file(out, net, weights[net], dtype),
                  rows=rows, strict=strict, progress=not quiet, scales=scales, flip=not no_flip,
                  preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
                  workers=workers, engine=engine, **ray_options)
@@ -372,11 +373,13 @@ def datasets_download(name, root):
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--extract", "do_extract", is_flag=True, help="Compute missing descriptors first.")
+@click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
+              help="Read (and with --extract, compute) descriptors computed in this type.")
 @click.option("--device", default="auto", show_default=True, help="Device for the SVM solver and --extract.")
 @click.option("--results-dir", type=click.Path(path_type=Path), default=Path("results"), show_default=True)
 @click.option("--run-name", help="Name of the result files [default: nets-scales-aggregate[-setting]].")
 def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, c_grid, root, cache_dir,
-        do_extract, device, results_dir, run_name):
+        do_extract, dtype, device, results_dir, run_name):
     """Train one-vs-rest linear SVMs on cached descriptors and evaluate by the paper's protocol.
 
     \b
@@ -414,12 +417,13 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     data = load_dataset(dataset, root)
     folder = dataset_cache_dir(data.name, cache_dir, root)
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
-                 preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device)
+                 preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device, dtype=dtype)
     cfg.check(data)
     if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
         extract_nets(nets, weights, data.items, data.ids, data.name,
-                     lambda net: cache_file(folder, net, weights[net]),
-                     rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device)
+                     lambda net: cache_file(folder, net, weights[net], dtype),
+                     rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device,
+                     dtype=dtype)
     result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))
@@ -427,7 +431,8 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     result = replace(result, paper=match.paper if match else None, paper_pipeline=match.name if match else None,
                      command=ctx.meta.get("featx.command") or command_of(ctx))
     run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
-                                    + ([setting.replace("+", "")] if data.name == "voc2012-action" else []))
+                                    + ([setting.replace("+", "")] if data.name == "voc2012-action" else [])
+                                    + ([dtype] if dtype != "float32" else []))
     paths = write_result(result, results_dir / data.name, run_name)
     metrics = list(result.runs[0].scores)
     click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in metrics))
@@ -522,7 +527,9 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
 @click.option("--pipelines", "pipelines_option", type=click.Path(path_type=Path),
               help="Folder of pipeline files [env FEATX_PIPELINES, default: the ones shipped with featx].")
 @click.option("--device", default="auto", show_default=True, help="Device for extraction and the SVM solver.")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
+              help="Compute type of the descriptors (as for extract); the paper's rows are float32, and "
+              "a run in another type never replaces a float32 result.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True)
 @click.option("--gflops", type=float, help="Throughput for --dry-run's time estimate [measured: 70% of "
@@ -561,7 +568,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     device = str(resolve_device(device))
     if dry_run:
         rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device)
-        costs = plan(chosen, root, cache)
+        costs = plan(chosen, root, cache, dtype)
         click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
                    f"{'TFLOP':>10}{'time':>10}  note")

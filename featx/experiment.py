@@ -41,6 +41,7 @@ class Config:
     solver: str = "torch"
     c_grid: tuple = DEFAULT_C_GRID
     device: str = "cpu"
+    dtype: str = "float32"  # the type the descriptors were computed in (which cache files to read)
 
     @property
     def views(self) -> tuple:
@@ -63,6 +64,9 @@ class Config:
             raise ConfigError(f"solver {self.solver!r}: choose one of {', '.join(SOLVERS)}")
         if not self.c_grid or any(not c > 0 for c in self.c_grid):
             raise ConfigError(f"c_grid {list(self.c_grid)}: give positive values of C")
+        from .paths import COMPUTE_TYPES
+        if self.dtype not in COMPUTE_TYPES:
+            raise ConfigError(f"dtype {self.dtype!r}: choose one of {', '.join(COMPUTE_TYPES)}")
         if not self.nets or len(set(self.nets)) != len(self.nets):
             raise ConfigError(f"nets {list(self.nets)}: name each net once")
         return self
@@ -75,7 +79,7 @@ class Descriptors:
         self.data, self.cfg = data, cfg
         self.caches = {}
         for net in cfg.nets:
-            path = cache_file(folder, net, cfg.weights.get(net, "torchvision"))
+            path = cache_file(folder, net, cfg.weights.get(net, "torchvision"), cfg.dtype)
             if not path.is_file():
                 raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  "
                                  + self.extract_command(folder))
@@ -85,6 +89,9 @@ class Descriptors:
             if cfg.preprocess.get(net) not in (None, made):
                 raise ConfigError(f"{path} was computed with {made} preprocessing, not {cfg.preprocess[net]}")
             cfg.preprocess[net] = made
+            computed_in = self.caches[net].attrs.get("dtype") or "float32"  # 0.2.0 files: float32
+            if computed_in != cfg.dtype:
+                raise ConfigError(f"{path} holds descriptors computed in {computed_in}, not {cfg.dtype}")
             if self.caches[net].ids != list(data.ids):
                 raise CacheError(f"{path} was made for another version of {data.name} "
                                  f"({len(self.caches[net])} images, here {len(data.ids)})")
@@ -103,7 +110,8 @@ class Descriptors:
         cfg = self.cfg
         weights = ",".join(f"{n}={cfg.weights.get(n, 'torchvision')}" for n in cfg.nets)
         return (f"featx extract --dataset {self.data.name} --net {','.join(cfg.nets)} "
-                f"--scales {','.join(map(str, cfg.scales))} --weights {weights} --out {folder}")
+                f"--scales {','.join(map(str, cfg.scales))} --weights {weights} --out {folder}"
+                + (f" --dtype {cfg.dtype}" if cfg.dtype != "float32" else ""))
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """L2-normalised descriptors of these samples: nets fused per view; views (whole image,

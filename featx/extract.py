@@ -31,9 +31,10 @@ from .errors import ConfigError, ImageError
 from .images import INTERPOLATION, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, choose as choose_kernels, cpu_info, parse_kernels
 from .nets import DenseVGG, NetSpec, get_spec
+from .paths import COMPUTE_TYPES
 from .weights import load_weights
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in COMPUTE_TYPES}
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,7 +1,8 @@
 """Every default location and environment variable featx reads, in one place.
 
     data root     --root,        $FEATX_DATA_ROOT,  ./datasets
-    caches        --cache-dir,   $FEATX_CACHE_DIR,  <data root>/featx-cache   (<dir>/<image set>/<net>-<weights>.h5)
+    caches        --cache-dir,   $FEATX_CACHE_DIR,  <data root>/featx-cache   (<dir>/<image set>/<net>-<weights>.h5,
+                  <net>-<weights>-<dtype>.h5 for descriptors computed in bfloat16 or float16)
     pipelines     --pipelines,   $FEATX_PIPELINES,  the ones shipped with featx
     split files   shipped with featx (datasets/splits/ in a checkout, featx/splits/ in a wheel),
                   else <data root>/splits/<dataset>/ (drawn by the seeded rule the first time)
@@ -19,6 +20,10 @@ from pathlib import Path
 from .errors import ConfigError
 
 _HERE = Path(__file__).resolve().parent
+
+# The types a net can run in (featx.extract maps them to torch's). float32 is the paper's; the
+# others are faster where the hardware has them and get cache files of their own.
+COMPUTE_TYPES = ("float32", "bfloat16", "float16")
 
 
 def data_root(root=None) -> Path:

@@ -52,10 +52,10 @@ class Pipeline:
     note: str = ""
     baseline: str = ""  # ablations: the pipeline they are compared with
 
-    def config(self, solver: str = "torch", device: str = "cpu") -> Config:
+    def config(self, solver: str = "torch", device: str = "cpu", dtype: str = "float32") -> Config:
         return Config(dataset=self.dataset, nets=self.nets, scales=self.scales, aggregate=self.aggregate,
                       weights={n: self.weights.get(n, "torchvision") for n in self.nets},
-                      setting=self.setting, solver=solver, c_grid=self.c_grid, device=device)
+                      setting=self.setting, solver=solver, c_grid=self.c_grid, device=device, dtype=dtype)
 
 
 def load_pipeline(path) -> Pipeline:

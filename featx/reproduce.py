@@ -12,7 +12,7 @@ from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
 from .experiment import run
-from .results import write_result
+from .results import load_result, write_result
 from .pipeline import Pipeline
 from .update import update_caches
 
@@ -81,13 +81,13 @@ def load_datasets(pipelines, root) -> tuple[dict[str, Dataset], dict[str, str]]:
     return found, missing
 
 
-def plan(pipelines, root, cache_dir: Path) -> list[tuple[Job, ExtractionCost | None, str]]:
+def plan(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple[Job, ExtractionCost | None, str]]:
     """(job, cost, remark) per extraction job; for a dataset not on disk, the cost assumes the
     official image count at a typical VOC size (remark says so) or is None when unknown."""
     datasets, missing = load_datasets(pipelines, root)
     out = []
     for job in jobs_of(pipelines):
-        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights)
+        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights, dtype)
         if job.dataset in datasets:
             data = datasets[job.dataset]
             out.append((job, extraction_cost(job.net, data.items, job.scales, path, rows=job.rows(data)),
@@ -109,12 +109,19 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     """Run every pipeline whose dataset is on disk; returns ({name: result}, {name: why skipped}).
 
     weight_files: {net: "SOURCE:FILE"}: read that net's SOURCE weights from a local copy."""
+    if dtype != "float32":  # the paper's rows are float32: a faster, approximate run never replaces one
+        kept = [r.path for p in pipelines if (r := load_result(results_dir, p.dataset, p.name))
+                and r.compute_dtype == "float32"]
+        if kept:
+            raise ConfigError(f"{', '.join(map(str, kept))}: float32 run{'s' if len(kept) > 1 else ''} of the "
+                              f"paper's protocol, which a {dtype} run does not replace; give another "
+                              "--results-dir")
     datasets, missing = load_datasets(pipelines, root)
     skipped = {p.name: missing[p.dataset] for p in pipelines if p.dataset in missing}
     runnable = [p for p in pipelines if p.dataset in datasets]
     for job in jobs_of(runnable):
         data = datasets[job.dataset]
-        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights)
+        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights, dtype)
         log(f"{job.dataset}: Net-{job.net} ({job.weights}) at Q = {', '.join(map(str, job.scales))} "
             f"for {', '.join(job.pipelines)} -> {path}")
         summary, = update_caches([job.net], data.items, data.ids, data.name, lambda net: path,
@@ -125,7 +132,7 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     results = {}
     for p in runnable:
         log(f"== {p.name}: {p.row} on {p.dataset}")
-        result = run(datasets[p.dataset], Path(cache_dir) / p.dataset, p.config(solver, device), log=log)
+        result = run(datasets[p.dataset], Path(cache_dir) / p.dataset, p.config(solver, device, dtype), log=log)
         result = replace(result, pipeline=p.name, table=p.table, command=command, paper=p.paper,
                          paper_pipeline=p.name)
         write_result(result, Path(results_dir) / p.dataset, p.name)

@@ -197,8 +197,9 @@ def test_reproduce_end_to_end_writes_the_report(tmp_path):
 
 
 def test_a_row_computed_in_bfloat16_says_so(tmp_path):
-    """The paper's rows are float32; a row whose descriptors were computed in another type is
-    labelled as such in its markdown, in the report's configuration cell and in what differs."""
+    """The paper's rows are float32. Descriptors computed in another type get their own cache
+    file; a row made from them is labelled as such (its markdown, the report's configuration
+    cell, what differs from the paper) and never replaces a float32 result."""
     make_caltech(tmp_path, "caltech101", per_class=(32, 34), real_images=True)
     pipes = tmp_path / "pipelines"
     pipes.mkdir()
@@ -206,14 +207,38 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
                                              .replace("[224, 256]", "[224]").replace('"mean"', '"stack"')
                                              + "paper = [1.0, 0.1]\n")  # far off: the differences are listed
     results = tmp_path / "results"
-    args = ["reproduce", "caltech101-T", "--pipelines", pipes, "--root", tmp_path, "--results-dir", results,
-            "--dtype", "bfloat16", "-q"]
-    r = CliRunner().invoke(main, [str(a) for a in args])
+    args = ["reproduce", "caltech101-T", "--pipelines", pipes, "--root", tmp_path, "--results-dir", results, "-q"]
+    r = CliRunner().invoke(main, [str(a) for a in args + ["--dtype", "bfloat16"]])
     assert r.exit_code == 0, r.output
+    caches = tmp_path / "featx-cache" / "caltech101"
+    assert sorted(p.name for p in caches.glob("*.h5")) == ["T-random-0-bfloat16.h5"]
     md = (results / "caltech101" / "caltech101-T.md").read_text()
     assert "aggregation stack; computed in bfloat16" in md
     meta = json.loads((results / "caltech101" / "caltech101-T.json").read_text())
-    assert meta["descriptors"]["T"]["dtype"] == "bfloat16"
+    assert meta["descriptors"]["T"]["dtype"] == "bfloat16" and meta["config"]["dtype"] == "bfloat16"
     report = (results / "README.md").read_text()
     assert "T random; Q 224 stack; C " in report and "; torch on cpu; descriptors in bfloat16 |" in report
     assert "descriptors computed in bfloat16, not float32" in report
+
+    # float32 beside it, in its own file; it replaces the bfloat16 row, never the other way round
+    r = CliRunner().invoke(main, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in caches.glob("*.h5")) == ["T-random-0-bfloat16.h5", "T-random-0.h5"]
+    f32 = json.loads((results / "caltech101" / "caltech101-T.json").read_text())
+    assert f32["descriptors"]["T"]["dtype"] == "float32"
+    assert "descriptors in bfloat16" not in (results / "README.md").read_text()
+    r = CliRunner().invoke(main, [str(a) for a in args + ["--dtype", "bfloat16"]])
+    assert r.exit_code == 1 and "caltech101-T.json: float32 run of the paper's protocol, which a bfloat16 " \
+        "run does not replace; give another --results-dir" in r.output, r.output
+    assert json.loads((results / "caltech101" / "caltech101-T.json").read_text()) == f32
+
+    # featx svm reads the type it is told, names its run after it, and says what a file holds
+    svm = ["svm", "caltech101", "--net", "T", "--weights", "random", "--scales", "224", "--aggregate", "stack",
+           "--root", str(tmp_path), "--results-dir", str(results), "--c-grid", "1"]
+    r = CliRunner().invoke(main, svm + ["--dtype", "bfloat16"])
+    assert r.exit_code == 0 and "T-224-224x1-stack-bfloat16.json" in r.output, r.output
+    (caches / "T-random-0-bfloat16.h5").rename(caches / "T-random-0-float16.h5")
+    r = CliRunner().invoke(main, svm + ["--dtype", "float16"])
+    assert r.exit_code == 1 and "T-random-0-float16.h5 holds descriptors computed in bfloat16, not float16" in r.output
+    r = CliRunner().invoke(main, svm + ["--dtype", "bfloat16"])
+    assert r.exit_code == 1 and "--out " + str(caches) + " --dtype bfloat16" in r.output, r.output
