@@ -143,7 +143,7 @@ def main():
     p.add_argument("--batch-sizes", default="8")
     p.add_argument("--dtypes", default="auto", help="auto (float32, plus bfloat16 where the CPU has it "
                    "natively or on a GPU), or a list: float32,bfloat16,float16")
-    p.add_argument("--kernels", default="before;auto", help="featx kernel choices to time for float32: "
+    p.add_argument("--kernels", default="before;auto", help="featx kernel choices to time (every dtype on CPUs, float32 on GPUs): "
                    "'before' (0.3.0's fixed path: channels-last convolutions, torch.mm for fc), 'auto' "
                    "(featx.kernels.choose), or conv=...,fc=... (';'-separated)")
     p.add_argument("--device", default="cpu")
@@ -225,7 +225,7 @@ def main():
                     profile(f"naive, Net-{net} Q={q}", lambda: naive(spec, images, q, device), a.profile)
             reference = None
             for dtype in dtypes:
-                for label, kernels in (choices if dtype == "float32" else [("auto", None)]):
+                for label, kernels in (choices if device.type == "cpu" or dtype == "float32" else [("auto", None)]):
                     for bs in (int(b) for b in a.batch_sizes.split(",")):
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore")  # bfloat16 without native support: asked for

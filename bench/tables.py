@@ -93,9 +93,22 @@ def memory_table(d) -> list[str]:
     return out
 
 
+def kernels_ab_table(d) -> list[str]:
+    out = [machine(d) + f"; {d['images']} images, {d['rounds']} rounds, A and B alternating", "",
+           "| net | Q | dtype | A | B | A img/s per round | B img/s per round | median B/A | same descriptors |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in d["rows"]:
+        out.append(f"| {r['net']} | {r['Q']} | {r['dtype']} | {r['a']} | {r['b']} | "
+                   + " ".join(f"{x:.2f}" for x in r["images_per_s_a"]) + " | "
+                   + " ".join(f"{x:.2f}" for x in r["images_per_s_b"]) + f" | {r['median_ratio']:.3f} | "
+                   + ("yes" if r["identical_descriptors"] else "no") + " |")
+    return out
+
+
 KINDS = {"extract": ("Extraction", extract_table), "winograd": ("Winograd experiment", winograd_table),
          "dtype_accuracy": ("bfloat16 accuracy on real images", accuracy_table),
-         "memory": ("Resident memory on Caltech-101's many image shapes", memory_table)}
+         "memory": ("Resident memory on Caltech-101's many image shapes", memory_table),
+         "kernels_ab": ("Two kernel choices, interleaved", kernels_ab_table)}
 
 
 def tables(folder: Path) -> str:

@@ -6,13 +6,18 @@ The same numbers can come from different libraries, and which is fastest depends
               linear with the weights packed once. MKL runs its generic, slower code on CPUs
               that are not Intel's: on a 2-core AMD EPYC an fc7-sized fp32 product reaches
               117-157 GFLOP/s with MKL and 197-205 with oneDNN (results/bench/amd-epyc.json).
-  3x3 convs   "channels_last": NHWC tensors (oneDNN underneath), or "onednn": oneDNN's blocked
-              layout end to end with weights packed once (no faster where measured; kept as an
-              option for FEATX_KERNELS and the bench).
+  3x3 convs   "channels_last": NHWC tensors (oneDNN underneath), ReLU and max-pooling as torch's
+              own ops; "fused": the same convolutions with the ReLU done inside oneDNN's
+              convolution (a post-op: one pass over the output instead of two) and the 2x2
+              max-pool as the elementwise maximum of four strided views (torch's max_pool2d is
+              2x slower in bfloat16 on an Intel Xeon with AMX, where pooling and ReLU took 17% of
+              the time at Q = 384; results/bench/intel-r-xeon-r-processor.json); or "onednn":
+              oneDNN's blocked layout end to end with weights packed once (no faster where
+              measured; kept as an option for FEATX_KERNELS and the bench).
 
 The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every x86 CPU that is
 not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
-stay channels-last. A rule keeps every process on one machine on the same kernels, so a resumed
+run "fused" on CPUs with oneDNN in float32 and bfloat16. A rule keeps every process on one machine on the same kernels, so a resumed
 run, or a Ray worker beside the driver, gives bit-identical descriptors; a timing could flip on
 a busy host. `measure()` times both candidates of each kind (bench/extract.py records it per
 machine), to check the rule. Every choice gives the reference dense net's descriptors within
@@ -32,7 +37,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-CONV_KERNELS = ("channels_last", "onednn")
+CONV_KERNELS = ("channels_last", "fused", "onednn")
 FC_KERNELS = ("gemm", "onednn")
 
 
@@ -83,17 +88,17 @@ def _choose(device_type: str, dtype) -> Kernels:
         return Kernels(how=f"{device_type}: torch's own kernels")
     forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
     if not torch.backends.mkldnn.is_available() or dtype == torch.float16:
-        if "onednn" in forced.values():
+        if {"onednn", "fused"} & set(forced.values()):
             raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: oneDNN kernels need a "
                               "torch built with oneDNN (MKLDNN) and float32 or bfloat16")
         return Kernels(**forced, how="FEATX_KERNELS" if forced else "default")
-    rule = {}
+    rule = {"conv": "fused"}
     vendor = cpu_info().vendor  # x86 only ("" on ARM and elsewhere: MKL is not in play there)
     if dtype == torch.float32 and vendor and vendor != "GenuineIntel":
         rule["fc"] = "onednn"
     how = ", ".join(filter(None, [
-        f"CPU rule ({vendor}: fc on oneDNN)" if rule else "",
-        "FEATX_KERNELS" if forced else ""])) or "default"
+        "CPU rule (oneDNN: ReLU fused into the convolutions" + (f"; {vendor}: fc on oneDNN)" if "fc" in rule else ")"),
+        "FEATX_KERNELS" if forced else ""]))
     return Kernels(**(rule | forced), how=how)
 
 
@@ -138,10 +143,11 @@ def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> di
                           nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
     block = block.eval().to(dtype).to(memory_format=torch.channels_last)
     x = torch.randn(batch, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
-    blocked = to_onednn_convs(block)
+    blocked, fused = to_onednn_convs(block), to_fused_convs(block)
     flops = 2 * 2.0 * batch * channels * channels * 9 * side * side
     with torch.inference_mode():
         return {"conv:channels_last": _best_rate(lambda: block(x), flops),
+                "conv:fused": _best_rate(lambda: fused(x), flops),
                 "conv:onednn": _best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)}
 
 
@@ -191,7 +197,29 @@ def _layers():
             return torch.mkldnn_convolution(x, self.weight, self.bias, self.padding, self.stride,
                                             self.dilation, self.groups)
 
-    return _OneDNNLinear, _OneDNNConv2d
+    class _ConvReLU(nn.Module):
+        """relu(conv(x)) in one oneDNN convolution (ReLU as its post-op), on dense tensors:
+        the same primitive as the plain convolution, the output written once."""
+
+        def __init__(self, conv: nn.Conv2d):
+            super().__init__()
+            self.weight, self.bias = conv.weight, conv.bias
+            self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+
+        def forward(self, x):
+            return torch.ops.mkldnn._convolution_pointwise(x, self.weight, self.bias, *self.args, "relu", [], "")
+
+    class _MaxPool2x2(nn.Module):
+        """VGG's 2x2, stride-2 max-pool (floor mode) as the maximum of four strided views: the
+        same numbers as nn.MaxPool2d, without the indices it computes, and faster on
+        channels-last tensors."""
+
+        def forward(self, x):
+            h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+            return torch.maximum(torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]),
+                                 torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+    return _OneDNNLinear, _OneDNNConv2d, _ConvReLU, _MaxPool2x2
 
 
 def onednn_linear(weight, bias):
@@ -205,6 +233,28 @@ def to_onednn_convs(features):
     from torch import nn
     conv = _layers()[1]
     return nn.Sequential(*[conv(m) if isinstance(m, nn.Conv2d) else m for m in features])
+
+
+def to_fused_convs(features):
+    """A copy of a conv stack (Conv2d / ReLU / MaxPool2d, as torchvision's VGG) with each
+    Conv2d + ReLU pair as one oneDNN convolution and each 2x2 max-pool as _MaxPool2x2; dense
+    (channels-last) tensors in and out. Anything else is kept as it is."""
+    from torch import nn
+    _, _, conv_relu, pool = _layers()
+    layers, mods = [], list(features)
+    i = 0
+    while i < len(mods):
+        m = mods[i]
+        if isinstance(m, nn.Conv2d) and i + 1 < len(mods) and isinstance(mods[i + 1], nn.ReLU):
+            layers.append(conv_relu(m))
+            i += 2
+            continue
+        if isinstance(m, nn.MaxPool2d) and (m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode) in (
+                ((2, 2), (2, 2), 0, 1, False), (2, 2, 0, 1, False)):
+            m = pool()
+        layers.append(m)
+        i += 1
+    return nn.Sequential(*layers)
 
 
 # -- what the machine is -------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from torch import nn
 from torchvision.models.vgg import cfgs, make_layers
 
 from .errors import ConfigError, WeightsError
-from .kernels import Kernels, onednn_linear, to_onednn_convs
+from .kernels import Kernels, onednn_linear, to_fused_convs, to_onednn_convs
 
 
 @dataclass(frozen=True)
@@ -89,6 +89,8 @@ class DenseVGG(nn.Module):
             raise RuntimeError("use_kernels: this model's kernels were already chosen")
         if kernels.conv == "onednn":
             self.features = to_onednn_convs(self.features)
+        elif kernels.conv == "fused":
+            self.features = to_fused_convs(self.features)
         if kernels.fc == "onednn":
             for name in ("fc6", "fc7", "fc8"):
                 layer = getattr(self, name)

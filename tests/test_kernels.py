@@ -31,6 +31,25 @@ def test_every_kernel_choice_equals_the_reference_dense_net(kernels):
     assert (got - ref).abs().max() / ref.abs().max() <= 1e-5
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_convolutions_and_pooling_give_torchs_numbers_exactly(dtype):
+    """ReLU inside oneDNN's convolution and the four-view max-pool change no bit: relu commutes
+    with rounding, and a maximum is a maximum (odd sides are floored as nn.MaxPool2d does)."""
+    from torch import nn
+    gen = torch.Generator().manual_seed(1)
+    stack = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
+                          nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(kernel_size=2, stride=2))
+    stack = stack.eval().to(dtype).to(memory_format=torch.channels_last)
+    fused = K.to_fused_convs(stack)
+    assert [type(m).__name__ for m in fused] == ["_ConvReLU", "_MaxPool2x2", "_ConvReLU", "_MaxPool2x2"]
+    for h, w in ((64, 96), (67, 45)):
+        x = torch.randn(2, 3, h, w, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            want, got = stack(x), fused(x)
+        assert got.shape == want.shape == (2, 32, h // 4, w // 4)
+        assert torch.equal(got, want)
+
+
 def test_kernel_choices_give_the_same_descriptors_through_the_extractor(monkeypatch):
     monkeypatch.setitem(NETS, "M", MID)
     pixels = [np.random.default_rng(i).integers(0, 256, (240, 300, 3), dtype=np.uint8) for i in range(2)]
@@ -58,9 +77,11 @@ def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
     K._choose.cache_clear()
     try:
         chosen = K.choose("cpu", torch.float32)
-        assert (chosen.conv, chosen.fc) == ("channels_last", fc)
+        assert (chosen.conv, chosen.fc) == ("fused", fc)
         assert K.choose("cpu", torch.float32) is chosen  # decided once per process
-        assert K.choose("cpu", torch.bfloat16) == K.Kernels()  # bfloat16 products are oneDNN's already
+        # bfloat16 products are oneDNN's already; the convolutions are fused as in float32
+        assert K.choose("cpu", torch.bfloat16) == K.Kernels(conv="fused")
+        assert K.choose("cpu", torch.float16) == K.Kernels()  # no oneDNN half path on CPUs
         assert K.choose("cuda", torch.float32) == K.Kernels()  # GPUs: cuBLAS / cuDNN
         K._choose.cache_clear()
         monkeypatch.setenv("FEATX_KERNELS", "conv=onednn")
@@ -75,7 +96,7 @@ def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
 
 def test_measure_times_both_candidates_of_each_kind():
     rates = K.measure(torch.float32)
-    assert set(rates) == {"fc:gemm", "fc:onednn", "conv:channels_last", "conv:onednn"}
+    assert set(rates) == {"fc:gemm", "fc:onednn", "conv:channels_last", "conv:fused", "conv:onednn"}
     assert min(rates.values()) > 0
 
 
