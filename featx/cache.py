@@ -37,7 +37,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from .errors import CacheError, ConfigError
+from .errors import CacheError
 
 FORMAT = 2
 TODO, DONE, FAILED = 0, 1, 2
@@ -55,10 +55,7 @@ def cache_file(folder, net: str, weights, dtype: str = "float32") -> Path:
     """Where an image set's cache for one net and weight source lives: FOLDER/<net>-<weights>.h5,
     or FOLDER/<net>-<weights>-<dtype>.h5 for descriptors computed in another type than float32,
     so that the two live side by side (a file never mixes types)."""
-    from .paths import COMPUTE_TYPES
     from .weights import weights_tag
-    if dtype not in COMPUTE_TYPES:
-        raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(COMPUTE_TYPES)}")
     return Path(folder) / f"{net}-{weights_tag(weights)}{'' if dtype == 'float32' else '-' + dtype}.h5"
 
 
