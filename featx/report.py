@@ -81,9 +81,13 @@ def _config_cell(p: Pipeline, result: Result | None) -> str:
     if result:
         cs = sorted(set(result.chosen_c))
         cell += f"; C {','.join(f'{c:g}' for c in cs)}; {result.config['solver']} on {result.config['device']}"
-        if result.compute_dtype != "float32":
-            cell += f"; descriptors in {result.compute_dtype}"
+        cell += _dtype_note(result)
     return cell
+
+
+def _dtype_note(result: Result) -> str:
+    """"; descriptors in bfloat16" where a result was not computed in float32 (the paper's)."""
+    return "" if result.compute_dtype == "float32" else f"; descriptors in {result.compute_dtype}"
 
 
 def table_markdown(pipelines: list[Pipeline], results: dict) -> list[str]:
@@ -207,7 +211,7 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
             lines.append(f"| {r.dataset} | [{path.stem}]({path.parent.name}/{path.stem}.md) | "
                          f"{r.metric} {_fmt(r.headline, r.headline_std)} | "
                          f"{','.join(cfg['nets'])}; {', '.join(f'{k}={v}' for k, v in cfg['weights'].items())}; "
-                         f"Q {','.join(map(str, cfg['scales']))} {cfg['aggregate']} | "
+                         f"Q {','.join(map(str, cfg['scales']))} {cfg['aggregate']}{_dtype_note(r)} | "
                          f"{', '.join(format(c, 'g') for c in r.chosen_c)} | {r.evaluated_on} | "
                          f"`{r.command}` |")
         lines.append("")

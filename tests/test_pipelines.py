@@ -237,6 +237,9 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
            "--root", str(tmp_path), "--results-dir", str(results), "--c-grid", "1"]
     r = CliRunner().invoke(main, svm + ["--dtype", "bfloat16"])
     assert r.exit_code == 0 and "T-224-224x1-stack-bfloat16.json" in r.output, r.output
+    r = CliRunner().invoke(main, ["report", "--results-dir", str(results), "--pipelines", str(pipes)])
+    assert r.exit_code == 0, r.output
+    assert "| T; T=random; Q 224 stack; descriptors in bfloat16 | 1, 1, 1 |" in (results / "README.md").read_text()
     (caches / "T-random-0-bfloat16.h5").rename(caches / "T-random-0-float16.h5")
     r = CliRunner().invoke(main, svm + ["--dtype", "float16"])
     assert r.exit_code == 1 and "T-random-0-float16.h5 holds descriptors computed in bfloat16, not float16" in r.output
