@@ -3,6 +3,7 @@
     python bench/kernels_ab.py                                     # conv=channels_last vs conv=fused
     python bench/kernels_ab.py --dtypes bfloat16 --scales 384 --rounds 6
     python bench/kernels_ab.py --a conv=channels_last --b conv=onednn
+    python bench/kernels_ab.py --smoke                             # seconds; what CI runs
 
 bench/extract.py times each configuration once after the other; on a shared machine whose speed
 moves by 2-3x within minutes (seen on a 2-core Intel Xeon: oneDNN's bfloat16 3x3 convolution
@@ -22,8 +23,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
+from featx.nets import NETS  # noqa: E402
 
-from common import save_figures  # noqa: E402  (bench/common.py)
+from common import SMOKE, save_figures  # noqa: E402  (bench/common.py)
 
 
 def main():
@@ -36,7 +38,11 @@ def main():
     p.add_argument("--images", type=int, default=4)
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--json", help="where the figures go [results/bench/<cpu model>-kernels-ab.json]")
+    p.add_argument("--smoke", action="store_true", help="a tiny net and problem (CI); writes only with --json")
     a = p.parse_args()
+    if a.smoke:
+        NETS["S"] = SMOKE
+        a.net, a.scales, a.images, a.rounds = "S", "224", 2, 2
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (375, 500, 3) if i % 2 == 0 else (500, 375, 3), dtype=np.uint8)
               for i in range(a.images)]
@@ -64,8 +70,9 @@ def main():
             print(f"{dtype:<9}{q:>5}  A " + " ".join(f"{x:.2f}" for x in rates[0]) + "  B "
                   + " ".join(f"{x:.2f}" for x in rates[1]) + f"  B/A {row['median_ratio']:.3f}"
                   + ("" if identical else "  (descriptors differ)"), flush=True)
-    save_figures("kernels_ab", {"images": a.images, "rounds": a.rounds, "rows": rows}, path=a.json,
-                 suffix="-kernels-ab")
+    if a.json or not a.smoke:
+        save_figures("kernels_ab", {"images": a.images, "rounds": a.rounds, "rows": rows}, path=a.json,
+                     suffix="-kernels-ab")
 
 
 if __name__ == "__main__":

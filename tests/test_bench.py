@@ -9,7 +9,8 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-@pytest.mark.parametrize("script", ["extract.py", "classifiers.py", "end_to_end.py", "engines.py", "winograd.py", "memory.py"])
+@pytest.mark.parametrize("script", ["extract.py", "classifiers.py", "end_to_end.py", "engines.py", "winograd.py", "memory.py",
+                                    "kernels_ab.py"])
 def test_bench_script_smoke(script, tmp_path):
     if script == "engines.py":
         pytest.importorskip("ray.data", reason="the engines benchmark needs pip install 'featx[ray]'")
@@ -19,6 +20,9 @@ def test_bench_script_smoke(script, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(row.get("seconds", row.get("fit_s", 0)) >= 0 for row in rows)
+    if script == "kernels_ab.py":  # both kernel choices give the same bits, in both dtypes
+        assert {row["dtype"] for row in rows} == {"float32", "bfloat16"}
+        assert all(row["identical_descriptors"] and len(row["ratio_per_round"]) == 2 for row in rows)
 
 
 def _bench_module(name):
