@@ -20,8 +20,8 @@ The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every 
 not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
 run "fused" on CPUs with oneDNN, in float32 and bfloat16. A rule keeps every process on one
 machine on the same kernels, so a resumed run, or a Ray worker beside the driver, gives
-bit-identical descriptors; a timing could flip on a busy host. `measure()` times both candidates of each kind (bench/extract.py records it per
-machine), to check the rule. Every choice gives the reference dense net's descriptors within
+bit-identical descriptors; a timing could flip on a busy host. `measure()` times every
+candidate of each kind (bench/extract.py records it per machine), to check the rule. Every choice gives the reference dense net's descriptors within
 1e-5 relative (tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use
 cuBLAS/cuDNN.
 
@@ -104,7 +104,7 @@ def _choose(device_type: str, dtype) -> Kernels:
 
 
 def measure(dtype) -> dict:
-    """GFLOP/s of both candidates of each layer kind in `dtype`: what the rule in `choose` is
+    """GFLOP/s of every candidate of each layer kind in `dtype`: what the rule in `choose` is
     checked against on a machine ({"fc:gemm": ..., "fc:onednn": ..., "conv:...": ...})."""
     return fc_rates(dtype) | conv_rates(dtype)
 
@@ -136,7 +136,7 @@ def fc_rates(dtype, rows: int = 128, n: int = 4096) -> dict:
 
 
 def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> dict:
-    """GFLOP/s of VGG's conv3 block (two 3x3 convolutions, 256 channels, 56x56) each way."""
+    """GFLOP/s of VGG's conv3 block (two 3x3 convolutions + ReLU, 256 channels, 56x56) each way."""
     import torch
     from torch import nn
     torch.manual_seed(0)
