@@ -567,7 +567,9 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     files = parse_local_weights(local_weights)
     device = str(resolve_device(device))
     if dry_run:
-        rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device)
+        import torch
+        # the ceiling in the compute type the extraction will use (bfloat16 runs 2-3x float32 on AMX)
+        rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device, dtype=getattr(torch, dtype))
         costs = plan(chosen, root, cache, dtype)
         click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
@@ -581,7 +583,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
         busy = any(c is not None and being_written(c.cache) for _, c, _ in costs)
         click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
                    f"FLOPs), {tflop(total)} TFLOP, about {format_duration(total_seconds(costs, rate))} "
-                   f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else " (measured x 0.7)")
+                   f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else f" in {dtype} (measured x 0.7)")
                    + "; SVM training on the caches adds minutes")
         if busy and not gflops:
             click.echo("note: a featx extraction is writing one of these caches now; if it runs on this "

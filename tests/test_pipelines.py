@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 from filelock import FileLock
 from PIL import Image
@@ -130,13 +131,19 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     (_, cost, _), = plan(all_pipelines(pipes), tmp_path, cache)
     assert (cost.pairs, cost.cached) == (6, 6) and cost.flops == 3 * 2 * hand_count_flops(224, 298) * 2
     # while an extraction writes the cache, a rate measured here is shared with it: say so
-    monkeypatch.setattr("featx.cost.matmul_gflops", lambda **kw: 100.0)
+    asked = []
+    monkeypatch.setattr("featx.cost.matmul_gflops", lambda **kw: asked.append(kw["dtype"]) or 100.0)
     with FileLock(str(cost.cache) + ".lock"):
         (_, _, note), = plan(all_pipelines(pipes), tmp_path, cache)
         r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root",
                                       str(tmp_path)])
-    assert note == "being extracted now" and "at 70 GFLOP/s on cpu (measured x 0.7)" in r.output
+    assert note == "being extracted now" and "at 70 GFLOP/s on cpu in float32 (measured x 0.7)" in r.output
     assert "note: a featx extraction is writing one of these caches now" in r.output, r.output
+    # a bfloat16 run is timed at the bfloat16 ceiling, not the float32 one
+    r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root",
+                                  str(tmp_path), "--dtype", "bfloat16"])
+    assert r.exit_code == 0, r.output
+    assert asked == [torch.float32, torch.bfloat16] and "on cpu in bfloat16 (measured x 0.7)" in r.output
 
 
 def test_reproduce_end_to_end_writes_the_report(tmp_path):
