@@ -16,6 +16,7 @@ import ctypes.util
 import dataclasses
 import functools
 import os
+import sys
 import warnings
 from collections import defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -129,7 +130,10 @@ class WorkBar:
         self.done = dict.fromkeys(self.todo, 0)
         self.total = sum(self.flops(q, b) for q, batches in plan for b in batches)
         self.done_flops = 0
-        self.bar = tqdm(total=self.total, desc=self.text(), leave=False,
+        # redirected to a log (nohup ... &), a bar redrawn every second fills megabytes over an
+        # hours-long run: there it is redrawn every 30 s, and its last state is kept
+        logged = not sys.stderr.isatty()
+        self.bar = tqdm(total=self.total, desc=self.text(), leave=logged, mininterval=30 if logged else 0.1,
                         disable=not enabled or not self.todo,
                         bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]")
 
