@@ -94,6 +94,12 @@ class Result:
         return "+".join(types) or "float32"
 
     @property
+    def per_split(self) -> list:
+        """Each split's figure in percent: what the headline's mean ± std is taken over."""
+        key = "recall" if "recall" in self.metric else "ap11"
+        return [100 * r.mean[key] for r in self.runs if key in r.mean]
+
+    @property
     def evaluated_on(self) -> str:
         return ", ".join(r.evaluated_on for r in self.runs)
 
@@ -129,8 +135,11 @@ def _versions() -> dict:
     import sklearn
     import torch
     from . import __version__
+    from .kernels import cpu_info
+    cpu = cpu_info()  # speed and bfloat16 rounding depend on it: every result names it
     return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform()}
+            "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform(),
+            "cpu": f"{cpu.model}, {cpu.cores} cores" + (f" ({' '.join(cpu.flags)})" if cpu.flags else "")}
 
 
 def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
@@ -174,12 +183,17 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
 def render_markdown(result: Result, table, run_name: str) -> str:
     cfg = result.config
     lines = [f"# {result.dataset}: {run_name}", "", result.headline_text(), "",
-             f"- nets {', '.join(cfg['nets'])}; weights {cfg['weights']}; scales {cfg['scales']}; "
+             f"- nets {', '.join(cfg['nets'])}; weights "
+             + ", ".join(f"{n}={w}" for n, w in cfg["weights"].items())
+             + f"; scales {', '.join(map(str, cfg['scales']))}; "
              f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else "")
              + f"; computed in {result.compute_dtype}",
              f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
              + ", ".join(f"{c:g}" for c in result.chosen_c),
-             f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}",
+             f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}"
+             + (f"; per split {', '.join(f'{v:.2f}' for v in result.per_split)}" if len(result.runs) > 1 else ""),
+             f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}; "
+             f"featx {result.versions.get('featx', '?')}, torch {result.versions.get('torch', '?')}",
              f"- command: `{result.command or 'featx Python API'}`",
              "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",
              "|---|" + "---|" * (len(table.columns) - 2)]

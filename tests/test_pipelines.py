@@ -220,8 +220,15 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
     caches = tmp_path / "featx-cache" / "caltech101"
     assert sorted(p.name for p in caches.glob("*.h5")) == ["T-random-0-bfloat16.h5"]
     md = (results / "caltech101" / "caltech101-T.md").read_text()
-    assert "aggregation stack; computed in bfloat16" in md
+    assert "- nets T; weights T=random; scales 224; aggregation stack; computed in bfloat16" in md
     meta = json.loads((results / "caltech101" / "caltech101-T.json").read_text())
+    # each split's figure, which the mean ± std is over, and the machine that made them
+    per_split = [100 * r["mean"]["recall"] for r in meta["runs"]]
+    assert len(per_split) == 3 and abs(sum(per_split) / 3 - meta["headline"]) < 1e-9
+    assert "; per split " + ", ".join(f"{v:.2f}" for v in per_split) + "\n" in md
+    from featx.kernels import cpu_info
+    assert meta["versions"]["cpu"].startswith(f"{cpu_info().model}, {cpu_info().cores} cores")
+    assert f"- machine: {meta['versions']['cpu']}; featx " in md
     assert meta["descriptors"]["T"]["dtype"] == "bfloat16" and meta["config"]["dtype"] == "bfloat16"
     report = (results / "README.md").read_text()
     assert "T random; Q 224 stack; C " in report and "; torch on cpu; descriptors in bfloat16 |" in report
