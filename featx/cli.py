@@ -554,7 +554,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce all --device cuda
     """
     from .cache import being_written
-    from .cost import CPU_EFFICIENCY, format_duration, matmul_gflops, tflop
+    from .cost import extraction_efficiency, format_duration, matmul_gflops, tflop
     from .extract import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
     from .pipeline import all_pipelines, select
@@ -569,7 +569,8 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     if dry_run:
         import torch
         # the ceiling in the compute type the extraction will use (bfloat16 runs 2-3x float32 on AMX)
-        rate = gflops or CPU_EFFICIENCY * matmul_gflops(device=device, dtype=getattr(torch, dtype))
+        efficiency = extraction_efficiency(device, dtype)
+        rate = gflops or efficiency * matmul_gflops(device=device, dtype=getattr(torch, dtype))
         costs = plan(chosen, root, cache, dtype)
         click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
@@ -583,7 +584,7 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
         busy = any(c is not None and being_written(c.cache) for _, c, _ in costs)
         click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
                    f"FLOPs), {tflop(total)} TFLOP, about {format_duration(total_seconds(costs, rate))} "
-                   f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else f" in {dtype} (measured x 0.7)")
+                   f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else f" in {dtype} (measured x {efficiency:g})")
                    + "; SVM training on the caches adds minutes")
         if busy and not gflops:
             click.echo("note: a featx extraction is writing one of these caches now; if it runs on this "
