@@ -139,7 +139,8 @@ def _versions() -> dict:
     cpu = cpu_info()  # speed and bfloat16 rounding depend on it: every result names it
     return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform(),
-            "cpu": f"{cpu.model}, {cpu.cores} cores" + (f" ({' '.join(cpu.flags)})" if cpu.flags else "")}
+            "cpu": f"{cpu.model}, {cpu.cores} cores" + (f" ({' '.join(cpu.flags)})" if cpu.flags else ""),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
 def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
@@ -192,7 +193,9 @@ def render_markdown(result: Result, table, run_name: str) -> str:
              + ", ".join(f"{c:g}" for c in result.chosen_c),
              f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}"
              + (f"; per split {', '.join(f'{v:.2f}' for v in result.per_split)}" if len(result.runs) > 1 else ""),
-             f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}; "
+             f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}"
+             + (f"; GPU {result.versions['gpu']}" if str(cfg.get("device", "")).startswith("cuda")
+                and result.versions.get("gpu") else "") + "; "
              f"featx {result.versions.get('featx', '?')}, torch {result.versions.get('torch', '?')}",
              f"- command: `{result.command or 'featx Python API'}`",
              "", "| class | " + " | ".join(c for c in table.columns if c not in ("split", "class")) + " |",

@@ -1,7 +1,9 @@
 """Pipeline files, the cost model, featx reproduce (dry run and real) and the report."""
+import dataclasses
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
@@ -10,9 +12,10 @@ from PIL import Image
 
 from featx.cli import main
 from featx.cost import descriptor_flops, extraction_efficiency, forward_flops
-from featx.kernels import cpu_info
 from featx.errors import ConfigError
+from featx.kernels import cpu_info
 from featx.pipeline import all_pipelines, load_pipeline, select
+from featx.results import read_result, render_markdown
 from featx.reproduce import plan
 
 from minitrees import make_caltech, make_voc
@@ -231,9 +234,14 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
     per_split = [100 * r["mean"]["recall"] for r in meta["runs"]]
     assert len(per_split) == 3 and abs(sum(per_split) / 3 - meta["headline"]) < 1e-9
     assert "; per split " + ", ".join(f"{v:.2f}" for v in per_split) + "\n" in md
-    from featx.kernels import cpu_info
     assert meta["versions"]["cpu"].startswith(f"{cpu_info().model}, {cpu_info().cores} cores")
     assert f"- machine: {meta['versions']['cpu']}; featx " in md
+    # a run on a GPU names the GPU too
+    ran = read_result(results / "caltech101" / "caltech101-T.json")
+    on_gpu = dataclasses.replace(ran, config=ran.config | {"device": "cuda"},
+                                 versions=ran.versions | {"gpu": "NVIDIA H200"})
+    table = pd.read_csv(results / "caltech101" / "caltech101-T.csv")
+    assert f"- machine: {meta['versions']['cpu']}; GPU NVIDIA H200; featx " in render_markdown(on_gpu, table, "x")
     assert meta["descriptors"]["T"]["dtype"] == "bfloat16" and meta["config"]["dtype"] == "bfloat16"
     report = (results / "README.md").read_text()
     assert "T random; Q 224 stack; C " in report and "; torch on cpu; descriptors in bfloat16 |" in report
