@@ -79,8 +79,8 @@ def _config_cell(p: Pipeline, result: Result | None) -> str:
     if p.setting != "image":
         cell += f"; {p.setting}"
     if result:
-        cs = sorted(set(result.chosen_c))
-        cell += f"; C {','.join(f'{c:g}' for c in cs)}; {result.config['solver']} on {result.config['device']}"
+        cs = ", ".join(f"{c:g}" for c in result.chosen_c)  # one per split, in split order
+        cell += f"; C {cs}; {result.config['solver']} on {result.config['device']}"
         cell += _dtype_note(result)
     return cell
 

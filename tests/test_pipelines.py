@@ -244,7 +244,8 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
     assert f"- machine: {meta['versions']['cpu']}; GPU NVIDIA H200; featx " in render_markdown(on_gpu, table, "x")
     assert meta["descriptors"]["T"]["dtype"] == "bfloat16" and meta["config"]["dtype"] == "bfloat16"
     report = (results / "README.md").read_text()
-    assert "T random; Q 224 stack; C " in report and "; torch on cpu; descriptors in bfloat16 |" in report
+    chosen = ", ".join(f"{r['C']:g}" for r in meta["runs"])  # each split's C, in split order
+    assert f"T random; Q 224 stack; C {chosen}; torch on cpu; descriptors in bfloat16 |" in report
     assert "descriptors computed in bfloat16, not float32" in report
 
     # float32 beside it, in its own file; it replaces the bfloat16 row, never the other way round
