@@ -440,8 +440,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
         vals = [nanmean([r.scores[k][c] for r in result.runs]) for k in metrics]
         click.echo(f"{cls:<20} " + "  ".join(f"{100 * v:7.1f}" for v in vals))
     click.echo(result.headline_text())
-    chosen = ", ".join(f"{c:g}" for c in result.chosen_c)
-    click.echo(f"chosen C: {chosen}; wrote "
+    click.echo(f"chosen C: {result.chosen_c_text}; wrote "
                + ", ".join(str(p) for p in paths))
 
 

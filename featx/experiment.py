@@ -24,7 +24,7 @@ from .classifiers import OneVsRestSVM
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
-from .results import Result, SplitRun
+from .results import HEADLINE_SCORE, Result, SplitRun
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
@@ -137,9 +137,12 @@ def _score(task, model, X, y, n_classes):
     return {"recall": class_recalls(y, model.predict(X), n_classes)}
 
 
+def _metric(task) -> str:
+    return "mAP (VOC-2007 11-point AP)" if task == "multilabel" else "mean class recall"
+
+
 def _headline(task, scores):
-    key = "ap11" if task == "multilabel" else "recall"
-    return nanmean(scores[key])
+    return nanmean(scores[HEADLINE_SCORE[_metric(task)]])
 
 
 def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
@@ -197,7 +200,7 @@ def run(data: Dataset, folder: Path, cfg: Config, log=print) -> Result:
     headline = [100 * _headline(data.task, r.scores) for r in runs]
     return Result(
         dataset=data.name, config=asdict(cfg), runs=runs,
-        metric="mAP (VOC-2007 11-point AP)" if data.task == "multilabel" else "mean class recall",
+        metric=_metric(data.task),
         headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,
         classes=list(data.classes),
         descriptors={net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},

@@ -79,8 +79,7 @@ def _config_cell(p: Pipeline, result: Result | None) -> str:
     if p.setting != "image":
         cell += f"; {p.setting}"
     if result:
-        cs = ", ".join(f"{c:g}" for c in result.chosen_c)  # one per split, in split order
-        cell += f"; C {cs}; {result.config['solver']} on {result.config['device']}"
+        cell += f"; C {result.chosen_c_text}; {result.config['solver']} on {result.config['device']}"
         cell += _dtype_note(result)
     return cell
 
@@ -212,7 +211,7 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                          f"{r.metric} {_fmt(r.headline, r.headline_std)} | "
                          f"{','.join(cfg['nets'])}; {', '.join(f'{k}={v}' for k, v in cfg['weights'].items())}; "
                          f"Q {','.join(map(str, cfg['scales']))} {cfg['aggregate']}{_dtype_note(r)} | "
-                         f"{', '.join(format(c, 'g') for c in r.chosen_c)} | {r.evaluated_on} | "
+                         f"{r.chosen_c_text} | {r.evaluated_on} | "
                          f"`{r.command}` |")
         lines.append("")
     out = results_dir / "README.md"

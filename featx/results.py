@@ -19,6 +19,11 @@ from .errors import ConfigError
 from .metrics import nanmean
 
 
+# What a headline averages, by the result's metric: the per-class score (SplitRun.mean's key).
+# One table for the experiment that computes the headline and the results that show its splits.
+HEADLINE_SCORE = {"mAP (VOC-2007 11-point AP)": "ap11", "mean class recall": "recall"}
+
+
 @dataclass
 class SplitRun:
     """One train / evaluate round: the C chosen on validation, and the test scores."""
@@ -87,6 +92,11 @@ class Result:
         return [r.C for r in self.runs]
 
     @property
+    def chosen_c_text(self) -> str:
+        """The C chosen on each split, in split order: "0.3, 1, 1"."""
+        return ", ".join(f"{c:g}" for c in self.chosen_c)
+
+    @property
     def compute_dtype(self) -> str:
         """The type the descriptors were computed in ("float32" for 0.2.0 caches, which
         recorded none); one per result, since the caches of one descriptor never mix types."""
@@ -96,7 +106,7 @@ class Result:
     @property
     def per_split(self) -> list:
         """Each split's figure in percent: what the headline's mean ± std is taken over."""
-        key = "recall" if "recall" in self.metric else "ap11"
+        key = HEADLINE_SCORE[self.metric]
         return [100 * r.mean[key] for r in self.runs if key in r.mean]
 
     @property
@@ -190,7 +200,7 @@ def render_markdown(result: Result, table, run_name: str) -> str:
              f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else "")
              + f"; computed in {result.compute_dtype}",
              f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
-             + ", ".join(f"{c:g}" for c in result.chosen_c),
+             + result.chosen_c_text,
              f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}"
              + (f"; per split {', '.join(f'{v:.2f}' for v in result.per_split)}" if len(result.runs) > 1 else ""),
              f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}"
