@@ -11,13 +11,14 @@ from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsErr
 # module does) would rebind featx.aggregate to it; importing the functions here wins. numpy only.
 from .aggregate import aggregate, fuse, l2_normalize
 
-__version__ = "0.5.0"
+__version__ = "0.6.0"
 
 _LAZY = {
     "Extractor": "extract", "VGGDescriptor": "transform", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",
     "Preprocess": "weights", "CAFFE": "weights", "TORCHVISION": "weights", "load_weights": "weights",
     "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
     "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
+    "cache_path": "paths",
 }
 
 __all__ = sorted(_LAZY) + ["aggregate", "fuse", "l2_normalize", "FeatxError", "WeightsError", "ImageError",

@@ -1,35 +1,37 @@
 """The HDF5 descriptor cache: one file per (image set, net, weight source). The file format only;
 `featx.update` is what fills it.
 
-Layout (format 2; format 1, written by featx 0.2.0, lacks the crc32 datasets and is upgraded
-when a run next writes to it):
+Layout (format 3; formats 1 and 2, written by featx 0.2.0-0.5.0, lack the identity datasets,
+and format 1 the crc32 ones: both are upgraded when a run next writes to the file):
     attrs             provenance: net, weights (+ digest of their tensors), preprocessing, flip,
-                      interpolation, dtype, featx / torch versions, image-set name, sha256 of its ids
-    ids    (n,)       image ids, in the image set's order (str)
-    paths  (n,)       where each image was read from when the file was made (str)
+                      interpolation, dtype, featx / torch versions, image-set name and source
+    ids    (n,)       image ids (str): a row belongs to an image by its id, in any order; an
+                      image set that grows gets rows appended, one that shrinks keeps its rows
+    paths  (n,)       the file each row was read from (str)
     boxes  (n, 4)     crop box (x1, y1, x2, y2) or -1s for whole images
     sizes  (n, 2)     upright (h, w); -1s where the image could not be read
     errors (n,)       why an image failed ('' if it did not), fixed width
+    error_kinds (n,)  uint8: 0 none, 1 deterministic (the same bytes fail again), 2 transient
+    signatures (n, 3) int64: the file's size, mtime_ns and ctime_ns when its row was recorded
+    digests (n,)      SHA-256 (hex) of the file's bytes; '' where there was no file to read
     scales/<Q>/descriptors (n, dim) float32, flip-averaged, not normalised
     scales/<Q>/status      (n,) uint8: 0 to do, 1 done, 2 failed
     scales/<Q>/crc32       (n,) uint32: CRC-32 of each done row's bytes, written with the row
 
-Crash safety: structure is only ever created in a temporary copy that replaces the file
-atomically (os.replace), and the copy's blocks are reserved on disk (fallocate) before it does,
-so a full disk shows up there and never in the middle of a write. Every dataset is contiguous
-and allocated at creation; extraction afterwards writes raw bytes at fixed offsets and never
-touches HDF5 metadata, so a process killed at any moment leaves a file that opens. A batch
-writes its rows and their checksums, flushes, then marks them done and flushes again.
-Reading verifies each row against its checksum.
+Crash safety: structure (a new file, new rows, new scales, an upgrade, a prune) is only ever
+made in a temporary copy that replaces the file atomically (os.replace), and the copy's blocks
+are reserved on disk (fallocate) before it does, so a full disk shows up there and never in the
+middle of a write. Every dataset is contiguous and allocated at creation; afterwards writers
+only write fixed-width values at fixed offsets and never touch HDF5 metadata, so a process
+killed at any moment leaves a file that opens. A batch writes its rows and their checksums,
+flushes, then marks them done and flushes again; a row whose image changed is marked to do
+before its new identity is written. Reading verifies each row against its checksum.
 """
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import shutil
-import time
 import zlib
 from pathlib import Path
 from typing import Sequence
@@ -39,15 +41,17 @@ import numpy as np
 
 from .errors import CacheError
 
-FORMAT = 2
+FORMAT = 3
 TODO, DONE, FAILED = 0, 1, 2
 ERROR_WIDTH = 240
+DIGEST_WIDTH = 64  # hex SHA-256
 # Provenance keys that decide the descriptors' values: a file whose values differ is never
 # reused. Weights are compared by their tensors' digest, not by source or file name (format 1
 # files: by the weights file's sha256, see provenance_diff).
 IDENTITY_KEYS = ("net", "arch", "dim", "weights_digest", "preprocess", "channel_order",
                  "mean", "std", "value_range", "flip", "interpolation", "pooling", "dtype")
 DATASETS = ("ids", "paths", "boxes", "sizes", "errors")
+IDENTITY_DATASETS = ("signatures", "digests", "error_kinds")  # format 3
 RECOVER = "move it aside (or delete it) and run featx extract again to rebuild it"
 
 
@@ -83,11 +87,6 @@ def being_written(path) -> bool:
         return False
     finally:
         os.close(fd)  # and with it the probe's lock
-
-
-def ids_digest(ids: Sequence[str]) -> str:
-    # surrogateescape: ids made from file names that are not valid UTF-8 keep their bytes
-    return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def encode_text(values) -> np.ndarray:
@@ -159,7 +158,11 @@ class DescriptorCache:
         if missing:
             raise CacheError(f"{self.path} is damaged: it has no '{missing[0]}' dataset; {RECOVER}")
         n = f["ids"].shape[0]
-        for d in DATASETS[1:]:
+        if int(f.attrs.get("format_version", 1)) >= 3:
+            missing = [d for d in IDENTITY_DATASETS if d not in f]
+            if missing:
+                raise CacheError(f"{self.path} is damaged: it has no '{missing[0]}' dataset; {RECOVER}")
+        for d in DATASETS[1:] + tuple(d for d in IDENTITY_DATASETS if d in f):
             if f[d].shape[0] != n:
                 raise CacheError(f"{self.path} is damaged: '{d}' has {f[d].shape[0]} rows for {n} images; {RECOVER}")
         dim = int(_read_attr(f.attrs.get("dim", -1)))
@@ -189,12 +192,45 @@ class DescriptorCache:
         """Whether rows carry checksums (format 2; a 0.2.0 file until a run writes to it)."""
         return int(self.attrs.get("format_version", 1)) >= 2
 
+    @property
+    def identified(self) -> bool:
+        """Whether rows record the file they were computed from (format 3; an older file until
+        a run writes to it)."""
+        return int(self.attrs.get("format_version", 1)) >= 3
+
     def rows(self, ids: Sequence[str]) -> np.ndarray:
         """Row numbers of image ids (CacheError naming the first unknown id)."""
         try:
             return np.asarray([self._row[i] for i in ids], dtype=np.int64)
         except KeyError as e:
             raise CacheError(f"{self.path} has no image with id {e.args[0]!r}") from None
+
+    def lookup(self, ids: Sequence[str]) -> np.ndarray:
+        """Row numbers of image ids, -1 for ids the file has no row for."""
+        return np.asarray([self._row.get(i, -1) for i in ids], dtype=np.int64)
+
+    def record(self):
+        """Every row's record but its descriptors (a featx.identity.Record)."""
+        from .identity import NO_FILE, TRANSIENT, Record
+        with self._reading("the rows' record"), self._open() as f:
+            n = len(self.ids)
+            errors = f["errors"][()]
+            legacy = not self.identified
+            return Record(
+                ids=list(self.ids), paths=[decode_text(p) for p in f["paths"][()]],
+                boxes=f["boxes"][()], sizes=f["sizes"][()], errors=errors,
+                signatures=np.tile(NO_FILE, (n, 1)).astype(np.int64) if legacy else f["signatures"][()],
+                digests=np.full(n, b"", f"S{DIGEST_WIDTH}") if legacy else f["digests"][()],
+                error_kinds=(np.where(errors != b"", TRANSIENT, 0).astype(np.uint8) if legacy
+                             else f["error_kinds"][()]),
+                legacy=legacy)
+
+    def gone(self) -> list[str]:
+        """Ids of rows whose recorded file no longer exists (the image left its set, or was
+        deleted); `prune` removes them."""
+        with self._reading("paths"), self._open() as f:
+            paths = [decode_text(p) for p in f["paths"][()]]
+        return [i for i, p in zip(self.ids, paths) if p and not os.path.exists(p)]
 
     def sizes(self) -> np.ndarray:
         """(n, 2) upright (h, w) of every image; -1s where it could not be read."""
@@ -329,15 +365,6 @@ def _early_dcpl():
     return dcpl
 
 
-def _add_scale(f: h5py.File, q: int, dim: int, failed_rows: np.ndarray):
-    g = f.require_group("scales").create_group(str(q))
-    n = f["ids"].shape[0]
-    g.create_dataset("descriptors", shape=(n, dim), dtype="f4", dcpl=_early_dcpl())
-    status = g.create_dataset("status", shape=(n,), dtype="u1", dcpl=_early_dcpl())
-    g.create_dataset("crc32", shape=(n,), dtype="u4", dcpl=_early_dcpl())
-    status[failed_rows] = FAILED
-
-
 def _no_space(path: Path, e: OSError) -> CacheError:
     return CacheError(f"no space left on the device holding {path} ({e.strerror or e}); free some "
                       "space and run the same command again: every row already committed is kept")
@@ -372,57 +399,66 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     return stale
 
 
-def create(path: Path, items, ids, sizes, errors: dict, provenance: dict, scales, name: str) -> None:
-    from .images import Crop
-    n = len(ids)
-
-    def build(tmp):
-        with h5py.File(tmp, "w") as f:
-            for k, v in provenance.items():
-                f.attrs[k] = _attr(v)
-            f.attrs.update({"format": "featx-descriptors", "format_version": FORMAT,
-                            "image_set": name, "n_images": n, "ids_sha256": ids_digest(ids),
-                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-            text = h5py.string_dtype()
-            f.create_dataset("ids", data=encode_text(ids), dtype=text)
-            f.create_dataset("paths", data=encode_text([it.path if isinstance(it, Crop) else it
-                                                        for it in items]), dtype=text)
-            f.create_dataset("boxes", data=np.array([it.box if isinstance(it, Crop) else (-1,) * 4
-                                                     for it in items], np.int32).reshape(n, 4))
-            f.create_dataset("sizes", data=np.array([s if s else (-1, -1) for s in sizes], np.int32).reshape(n, 2))
-            err = f.create_dataset("errors", shape=(n,), dtype=f"S{ERROR_WIDTH}", dcpl=_early_dcpl())
-            for i, reason in errors.items():
-                err[i] = _error_bytes(reason)
-            failed = np.asarray(sorted(errors), dtype=np.int64)
-            for q in scales:
-                _add_scale(f, q, provenance["dim"], failed)
-
-    _replace_with(path, build)
-
-
 def _error_bytes(reason: str) -> bytes:
     return reason.encode("utf-8", "backslashreplace")[:ERROR_WIDTH]
 
 
-def extend(path: Path, new_scales, dim: int) -> None:
-    """Add scales, and checksums to a format 1 file (its rows done so far are checksummed as
-    they are found: from then on they are verified)."""
+def error_column(reasons) -> np.ndarray:
+    """Failure reasons as the fixed-width 'errors' column ('' for none)."""
+    return np.array([_error_bytes(r) for r in reasons], dtype=f"S{ERROR_WIDTH}")
+
+
+def write_file(path: Path, record, statuses: dict, dim: int, attrs: dict, origin=None,
+               chunk_rows: int = 2048) -> None:
+    """Write the cache anew and swap it in atomically: a new file, or the current one with
+    rows appended, removed or re-recorded, scales added, or its format upgraded.
+
+    record: every row's record (a featx.identity.Record, without `legacy`); statuses: {Q: every
+    row's status}. origin[i]: the current file's row whose descriptors row i keeps (-1: none);
+    they are copied with their checksums, and checksummed as they are copied where the current
+    file has none (format 1). Wall times per scale are kept."""
+    n = len(record)
+    origin = None if origin is None else np.asarray(origin, dtype=np.int64)
+
     def build(tmp):
-        shutil.copyfile(path, tmp)
-        with h5py.File(tmp, "r+") as f:
-            failed = np.flatnonzero(f["errors"][()] != b"")
-            for q in new_scales:
-                _add_scale(f, q, dim, failed)
-            if int(f.attrs.get("format_version", 1)) < 2:
-                for q, g in f["scales"].items():
-                    if "crc32" not in g:
-                        crc = g.create_dataset("crc32", shape=g["status"].shape, dtype="u4", dcpl=_early_dcpl())
-                        done = np.flatnonzero(g["status"][()] == DONE)
-                        for k in range(0, len(done), 2048):
-                            idx = done[k:k + 2048]
-                            crc[idx] = row_crc(g["descriptors"][idx])
-                f.attrs["format_version"] = FORMAT
-                f.attrs["checksums_added"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        old = h5py.File(path, "r", locking=False) if origin is not None else None
+        try:
+            with h5py.File(tmp, "w") as f:
+                for k, v in attrs.items():
+                    f.attrs[k] = _attr(v)
+                text = h5py.string_dtype()
+                f.create_dataset("ids", data=encode_text(record.ids), dtype=text)
+                f.create_dataset("paths", data=encode_text(record.paths), dtype=text)
+                # Fixed-width columns, allocated now: later runs write them in place.
+                for name, data in (("boxes", np.asarray(record.boxes, np.int32).reshape(n, 4)),
+                                   ("sizes", np.asarray(record.sizes, np.int32).reshape(n, 2)),
+                                   ("errors", np.asarray(record.errors, f"S{ERROR_WIDTH}")),
+                                   ("error_kinds", np.asarray(record.error_kinds, np.uint8)),
+                                   ("signatures", np.asarray(record.signatures, np.int64).reshape(n, 3)),
+                                   ("digests", np.asarray(record.digests, f"S{DIGEST_WIDTH}"))):
+                    f.create_dataset(name, shape=data.shape, dtype=data.dtype, dcpl=_early_dcpl())[...] = data
+                for q, status in statuses.items():
+                    g = f.require_group("scales").create_group(str(q))
+                    d = g.create_dataset("descriptors", shape=(n, dim), dtype="f4", dcpl=_early_dcpl())
+                    crc = g.create_dataset("crc32", shape=(n,), dtype="u4", dcpl=_early_dcpl())
+                    g.create_dataset("status", shape=(n,), dtype="u1", dcpl=_early_dcpl())[...] = status
+                    src = old.get(f"scales/{q}") if old is not None else None
+                    if src is None:
+                        continue
+                    for k in ("wall_seconds", "timed_rows"):
+                        if k in src.attrs:
+                            g.attrs[k] = src.attrs[k]
+                    kept = np.flatnonzero((origin >= 0) & (np.asarray(status) == DONE))
+                    for k in range(0, len(kept), chunk_rows):
+                        to = kept[k:k + chunk_rows]
+                        rows, inverse = np.unique(origin[to], return_inverse=True)
+                        block = (src["descriptors"][rows[0]:rows[-1] + 1] if rows[-1] - rows[0] + 1 == len(rows)
+                                 else src["descriptors"][rows])  # a run of rows reads as one slice
+                        d[to] = block[inverse]
+                        crc[to] = (src["crc32"][rows] if "crc32" in src else row_crc(block))[inverse]
+        finally:
+            if old is not None:
+                old.close()
 
     _replace_with(path, build)
 
@@ -507,6 +543,23 @@ class Writer:
             self.f[f"scales/{q}/status"][np.sort(rows)] = TODO
             self.f.flush()
 
+    def set_status(self, statuses: dict) -> None:
+        """Replace the status of every row at these scales ({Q: (n,) uint8}), then flush."""
+        for q, status in statuses.items():
+            self.f[f"scales/{q}/status"][...] = status
+        self.f.flush()
+
+    def set_rows(self, rows, **columns) -> None:
+        """Write these rows' record (columns: sizes, errors, error_kinds, signatures, digests,
+        each one value per row), then flush."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return
+        order = np.argsort(rows)  # h5py writes at increasing indices
+        for name, values in columns.items():
+            self.f[name][rows[order]] = np.asarray(values)[order]
+        self.f.flush()
+
     def status(self, q: int) -> np.ndarray:
         return self.f[f"scales/{q}/status"][()]
 
@@ -517,9 +570,11 @@ class Writer:
         return self.f["errors"][()]
 
     def commit(self, q: int, rows: np.ndarray, descriptors: np.ndarray, failures: dict,
-               seconds: float = 0.0) -> None:
+               seconds: float = 0.0, transient=()) -> None:
         """Write rows (and their checksums) and failure reasons, flush, then mark them.
-        seconds: the wall time the batch took, added to the scale's running total (timing)."""
+        seconds: the wall time the batch took, added to the scale's running total (timing).
+        transient: the failed rows whose failure may pass (tried again by the next run)."""
+        from .identity import DETERMINISTIC, TRANSIENT
         try:
             group = self.f[f"scales/{q}"]
             if len(rows):
@@ -527,6 +582,7 @@ class Writer:
                 group["crc32"][rows] = row_crc(descriptors)
             for i, reason in failures.items():
                 self.f["errors"][i] = _error_bytes(reason)
+                self.f["error_kinds"][i] = TRANSIENT if i in transient else DETERMINISTIC
             self.f.flush()  # rows are on disk before they are marked done
             done = np.concatenate([rows, list(failures)]).astype(np.int64)
             order = np.argsort(done)

@@ -1,14 +1,12 @@
 """The `featx` command: a thin shell over the library (extract, info, ...)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import click
 import numpy as np
 
 from .errors import ConfigError, FeatxError
-from .images import IMAGE_EXTENSIONS
 from .paths import COMPUTE_TYPES
 
 
@@ -88,38 +86,6 @@ def parse_per_net(text: str | None, nets: list[str]) -> dict:
     return out
 
 
-def read_image_list(source: Path) -> tuple[list, list[str], str]:
-    """A folder (recursively, image extensions) or a text file with one path per line.
-
-    In a folder, every entry named like an image is an item, whatever it is: a dangling
-    symlink or a directory called x.jpg is then recorded as that image's failure, not skipped
-    in silence. Symlinked folders are not followed (no loops)."""
-    if source.is_dir():
-        paths = []
-        for folder, dirs, files in os.walk(source, followlinks=False):
-            paths += [Path(folder) / n for n in dirs + files if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
-        paths.sort()
-        if not paths:
-            raise ConfigError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return [str(p) for p in paths], [p.relative_to(source).as_posix() for p in paths], source.name
-    if source.is_file():
-        items, ids = [], []
-        try:
-            text = source.read_text(encoding="utf-8", errors="surrogateescape")
-        except OSError as e:
-            raise ConfigError(f"{source}: cannot read ({e.strerror or e})") from None
-        for line in text.splitlines():
-            line = line.strip()
-            if line and not line.startswith("#"):
-                p = Path(line).expanduser()
-                items.append(str(p if p.is_absolute() else source.parent / p))
-                ids.append(line)
-        if not items:
-            raise ConfigError(f"{source}: the list names no images")
-        return items, ids, source.stem
-    raise ConfigError(f"{source}: no such folder or list file")
-
-
 def command_of(ctx: click.Context) -> str:
     """The command line that gave these parameters (defaults left out), for result files."""
     import shlex
@@ -165,6 +131,8 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--workers", type=click.IntRange(min=1), help="Threads decoding images ahead of the net [min(4, cores)].")
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (default: record it, go on).")
+@click.option("--retry-failed", is_flag=True, help="Try every image that failed before again (by default "
+              "only those whose file changed since, or whose failure may pass: not found, an I/O error).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process. ray: shards of the same work on a Ray cluster's workers, "
@@ -176,15 +144,19 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--gpus-per-worker", type=float, default=0, help="[ray] GPUs per actor (0: CPU actors).")
 @click.option("--cpus-per-worker", type=int, help="[ray] CPU cores per actor (torch threads, decoding).")
 def extract(images, dataset, root, split, nets, scales, weights, preprocess, out, cache_dir, device,
-            dtype, batch_size, workers, no_flip, strict, quiet, engine, address, num_workers,
+            dtype, batch_size, workers, no_flip, strict, retry_failed, quiet, engine, address, num_workers,
             gpus_per_worker, cpus_per_worker):
     """Compute dense VGG descriptors into an HDF5 cache (resumable).
 
     Each image is rescaled so its short side is Q, run densely through the net, the fc7 map
     is average-pooled and averaged with the mirrored image's. Results go to one HDF5 file
-    per (image set, net, weights); what a file already holds is never computed again, an
-    interrupted run (even kill -9) resumes where it stopped, and unreadable images are
-    recorded and skipped.
+    per (image set, net, weights): by default CACHE_DIR/<set>/<net>-<weights>.h5, where <set>
+    is a benchmark's name or, for a folder, list or CSV, its name and a digest of where it
+    lives (featx svm, predict and info find the same file). Each row records the file it was
+    computed from (size, times, SHA-256): a rerun computes only new images and images whose
+    file changed, keeps rows of images that left the set (featx info --prune), and tries
+    again images whose failure may pass. An interrupted run (even kill -9) resumes where it
+    stopped; unreadable images are recorded and skipped.
 
     \b
     Examples:
@@ -194,7 +166,8 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
           --address auto --gpus-per-worker 1
     """
     from .cache import cache_file
-    from .paths import dataset_cache_dir
+    from .datasets import load_dataset, load_image_list
+    from .paths import cache_path
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -202,24 +175,18 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     preprocess = parse_per_net(preprocess, nets)
     if bool(images) == bool(dataset):
         raise click.UsageError("give either --images or --dataset")
-    rows = None
-    if images:
-        items, ids, name = read_image_list(images)
-        if split:
-            raise click.UsageError("--split applies to --dataset only")
-        if out is None:
-            out = dataset_cache_dir(name, cache_dir, Path("."))
-    else:
-        from .datasets import load_dataset
-        data = load_dataset(dataset, root)
-        items, ids, name = data.items, data.ids, data.name
-        if split:
-            rows = data.rows_of(split.split(","))
-        out = out or dataset_cache_dir(data.name, cache_dir, root)
-    single_file = out.suffix.lower() in (".h5", ".hdf5")
+    if images and split:
+        raise click.UsageError("--split applies to --dataset only")
+    data = load_image_list(images) if images else load_dataset(dataset, root)
+    rows = data.rows_of(split.split(",")) if split else None
+    single_file = out is not None and out.suffix.lower() in (".h5", ".hdf5")
     if single_file and len(nets) > 1:
         raise click.UsageError(f"--out {out} is one file but {len(nets)} nets were asked for; "
                                "give a folder (one file per net) or one net")
+    if out is None:  # the one rule every command finds caches by
+        path_for = lambda net: cache_path(data, net, weights[net], dtype, cache_dir, root)  # noqa: E731
+    else:
+        path_for = lambda net: out if single_file else cache_file(out, net, weights[net], dtype)  # noqa: E731
     ray_options = dict(address=address, num_workers=num_workers, gpus_per_worker=gpus_per_worker,
                        cpus_per_worker=cpus_per_worker)
     if engine == "local":
@@ -227,20 +194,19 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
         if given:
             raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
         ray_options = {}
-    extract_nets(nets, weights, items, ids, name,
-                 lambda net: out if single_file else cache_file(out, net, weights[net], dtype),
-                 rows=rows, strict=strict, progress=not quiet, scales=scales, flip=not no_flip,
-                 preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
-                 workers=workers, engine=engine, **ray_options)
+    extract_nets(nets, weights, data, path_for, rows=rows, strict=strict, progress=not quiet, scales=scales,
+                 flip=not no_flip, preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
+                 workers=workers, engine=engine, retry_failed=retry_failed, **ray_options)
 
 
-def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=False, progress=True,
+def extract_nets(nets, weights, data, path_for, rows=None, strict=False, progress=True,
                  preprocess=None, engine="local", **extractor_options):
-    """featx.update.update_caches, then print each summary."""
+    """featx.update.update_caches for an image set or dataset, then print each summary."""
     from .update import update_caches
 
-    summaries = update_caches(nets, items, ids, name, path_for, weights, preprocess, rows=rows,
+    summaries = update_caches(nets, data.items, data.ids, data.name, path_for, weights, preprocess, rows=rows,
                               strict=strict, progress=progress, engine=engine,
+                              source=str(Path(data.source).resolve()) if data.source else "",
                               log=lambda m: click.echo(m, err=True), **extractor_options)
     for s in summaries:
         click.echo(str(s))
@@ -254,23 +220,40 @@ def extract_nets(nets, weights, items, ids, name, path_for, rows=None, strict=Fa
 # -- featx info ---------------------------------------------------------------------------------
 
 @main.command()
-@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.argument("paths", nargs=-1, type=click.Path(exists=True, path_type=Path))
+@click.option("--dataset", help="Show the caches of this image set (voc2007, ..., folder:DIR, csv:FILE) instead.")
+@click.option("--images", type=click.Path(path_type=Path), help="Show the caches of this folder or list of images.")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+@click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--failures", is_flag=True, help="List every image that failed, with the reason.")
 @click.option("--verify", is_flag=True, help="Check every done row against its checksum (reads the "
               "whole file); exit 1 if any fails. featx extract recomputes the rows that do.")
-def info(paths, failures, verify):
+@click.option("--prune", is_flag=True, help="Remove the rows of images whose file no longer exists "
+              "(featx extract keeps them, unused, when images leave a set).")
+def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
     """Show what descriptor caches hold: nets, weights, scales, done / failed counts.
 
-    PATHS are cache files or folders (searched for *.h5).
+    PATHS are cache files or folders (searched for *.h5); without them, the caches of
+    --dataset / --images (found as featx extract writes them), or every cache in CACHE_DIR.
     """
     from .cache import DescriptorCache, being_written
     from .cost import format_duration
+    from .paths import cache_dir as resolve_cache_dir, image_set_dir, image_set_key, parse_image_set
 
+    if dataset and images:
+        raise click.UsageError("give --dataset or --images, not both")
+    if paths and (dataset or images):
+        raise click.UsageError("give cache PATHS or --dataset / --images, not both")
+    if dataset or images:
+        paths = (image_set_dir(image_set_key(*parse_image_set(dataset or images)), cache_dir, root),)
+    elif not paths:
+        paths = (resolve_cache_dir(cache_dir, root),)
     files = []
     for p in paths:
         files += sorted(p.rglob("*.h5")) if p.is_dir() else [p]
     if not files:
-        raise ConfigError(f"no .h5 files under {', '.join(map(str, paths))}")
+        raise ConfigError(f"no .h5 files under {', '.join(map(str, paths))}"
+                          + ("" if all(p.exists() for p in paths) else " (no such folder: nothing extracted there yet)"))
     damaged = 0
     for path in files:
         c = DescriptorCache(path)
@@ -297,6 +280,14 @@ def info(paths, failures, verify):
             click.echo(f"  Q={q:<5} done {n['done']:>7}  failed {n['failed']:>5}  to do {n['todo']:>7}{spent}")
         if not c.checksummed:
             click.echo("  checksums   none yet (written by featx 0.2.0; added when featx extract next writes to it)")
+        if c.identified:
+            gone = c.gone()
+            click.echo("  images      each row records its file (size, times, SHA-256)"
+                       + (f"; {len(gone)} row(s) of images whose file is gone (first: {gone[0]})"
+                          + ("" if prune else ": --prune removes them") if gone else ""))
+        else:
+            click.echo(f"  images      rows record no image files yet (written by featx {a.get('featx_version')}): "
+                       "featx extract records them the next time it writes to the file, recomputing nothing")
         if verify:
             for q in c.scales:
                 bad = c.corrupt(q)
@@ -309,6 +300,9 @@ def info(paths, failures, verify):
                 click.echo(f"  failed {id_}: {reason}")
         elif errs:
             click.echo(f"  {len(errs)} image(s) failed (--failures lists them)")
+        if prune:
+            from .update import prune as prune_rows
+            click.echo(f"  pruned      {prune_rows(path)} row(s) of images whose file is gone")
     if damaged:
         raise click.ClickException(f"{damaged} row(s) fail their checksum; run the featx extract command "
                                    "that made the file again: it recomputes exactly those rows")
@@ -394,14 +388,13 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     Writes RESULTS_DIR/<dataset>/<run-name>.{csv,md,json} and the classifiers (.joblib, for
     featx predict).
     """
-    from .cache import cache_file
     from .datasets import load_dataset
     from dataclasses import replace
 
     from .experiment import Config, run
     from .extract import resolve_device
     from .metrics import nanmean
-    from .paths import dataset_cache_dir, pipelines_dir
+    from .paths import cache_path, pipelines_dir
     from .pipeline import all_pipelines, matching_pipeline
     from .results import write_result
 
@@ -415,16 +408,14 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
         raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas") from None
     device = str(resolve_device(device))
     data = load_dataset(dataset, root)
-    folder = dataset_cache_dir(data.name, cache_dir, root)
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
                  preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device, dtype=dtype)
     cfg.check(data)
     if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
-        extract_nets(nets, weights, data.items, data.ids, data.name,
-                     lambda net: cache_file(folder, net, weights[net], dtype),
+        extract_nets(nets, weights, data, lambda net: cache_path(data, net, weights[net], dtype, cache_dir, root),
                      rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device,
                      dtype=dtype)
-    result = run(data, folder, cfg, log=lambda m: click.echo(m, err=True))
+    result = run(data, cfg, cache_dir, root, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))
     ctx = click.get_current_context()
@@ -449,30 +440,50 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
 @click.argument("images", nargs=-1, required=True)
 @click.option("--device", default="auto", show_default=True)
 @click.option("--top", default=3, show_default=True, help="Classes shown per image.")
-def predict(model, images, device, top):
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+@click.option("--cache-dir", help="Where a folder's caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def predict(model, images, device, top, root, cache_dir, quiet):
     """Apply classifiers saved by `featx svm` to new images.
 
     MODEL is RUN.model.json (or RUN.joblib / RUN.model.npz beside it) in the results folder:
     the classifier of the run's first split and the descriptor it was trained on (same nets,
     weights, scales, aggregation), read as JSON and plain arrays: nothing is unpickled, so a
     model file from elsewhere cannot run code. Shown: the best-scoring classes, SVM scores.
+
+    IMAGES are image files, or folders: a folder's images go through its descriptor caches
+    (the same files featx extract --images FOLDER writes), so predicting on it again computes
+    only its new or changed images.
     """
-    from .model import check_weights, load_model, read_model_record
+    from .datasets import load_image_list
+    from .model import check_weights, load_model, read_model_record, scores_of_image_set
 
     record = read_model_record(model)
     if record["descriptor"].get("setting") == "image+box":
         raise ConfigError(f"{model}: this model needs person boxes (image+box); predict takes whole images only")
     pipeline = load_model(model, device=device)
-    check_weights(pipeline, record)
-    scores = pipeline.decision_function(list(images))
-    if scores.ndim == 1:  # two classes: one score, positive for the second
-        scores = np.stack([-scores, scores], axis=1)
     classes = pipeline.named_steps["svm"].classes_
     names = record["classes"]
-    for path, s in zip(images, np.atleast_2d(scores)):
-        best = np.argsort(-s)[:top]
-        click.echo(f"{path}: " + ", ".join(f"{names[int(classes[c])] if classes.dtype.kind in 'iu' else classes[c]}"
-                                          f" {s[c]:+.2f}" for c in best))
+
+    def show(paths, scores):
+        if scores.ndim == 1:  # two classes: one score, positive for the second
+            scores = np.stack([-scores, scores], axis=1)
+        for path, s in zip(paths, np.atleast_2d(scores)):
+            best = np.argsort(-s)[:top]
+            click.echo(f"{path}: " + ", ".join(f"{names[int(classes[c])] if classes.dtype.kind in 'iu' else classes[c]}"
+                                              f" {s[c]:+.2f}" for c in best))
+
+    files = [i for i in images if not Path(i).is_dir()]
+    if files:
+        check_weights(pipeline, record)
+        show(files, pipeline.decision_function(files))
+    for folder in (Path(i) for i in images if Path(i).is_dir()):
+        data = load_image_list(folder)
+        ids, scores, failed = scores_of_image_set(record, pipeline, data, cache_dir, root, device,
+                                                  progress=not quiet, log=lambda m: click.echo(m, err=True))
+        show([str(folder / i) for i in ids], scores)
+        for i, reason in failed.items():
+            click.echo(f"{folder / i}: failed: {reason}")
 
 
 # -- featx demo ---------------------------------------------------------------------------------

@@ -112,24 +112,28 @@ class ExtractionCost:
         return self.flops / (gflops * 1e9)
 
 
-def extraction_cost(net: str, items, scales, cache_path: Path, rows=None, sizes=None,
+def extraction_cost(net: str, items, ids, scales, cache_path: Path, rows=None,
                     flip: bool = True) -> ExtractionCost:
     """Count what `featx extract` would compute for these rows: the cache's record of what is
-    done and of image sizes where it exists; otherwise image headers are read (`sizes`, when
-    given, saves that)."""
-    from .cache import DescriptorCache
+    done and of image sizes for the images it has rows for; otherwise image headers are read.
+    (Images changed since their rows were computed are counted as done: a dry run reads no
+    image files it need not.)"""
+    from .cache import DONE, DescriptorCache
     from .images import read_sizes
 
     rows = np.arange(len(items)) if rows is None else np.asarray(rows, dtype=np.int64)
+    sizes = np.full((len(items), 2), -1)
     todo = {int(q): rows for q in scales}
+    unknown = rows
     if Path(cache_path).is_file():
         cache = DescriptorCache(cache_path)
-        todo = {q: cache.missing([q], rows).get(q, np.empty(0, np.int64)) for q in todo}
-        sizes = cache.sizes()
-    elif sizes is None:
-        read, _ = read_sizes([items[r] for r in rows], 8)
-        sizes = np.full((len(items), 2), -1)
-        sizes[rows] = [s if s else (-1, -1) for s in read]
+        where = cache.lookup(ids)
+        known, unknown = rows[where[rows] >= 0], rows[where[rows] < 0]
+        sizes[known] = cache.sizes()[where[known]]
+        todo = {q: np.concatenate([known[cache.status(q)[where[known]] != DONE], unknown]) for q in todo}
+    if len(unknown):
+        read, _ = read_sizes([items[r] for r in unknown], 8)
+        sizes[unknown] = [s if s else (-1, -1) for s in read]
     flops = sum(descriptor_flops(net, tuple(sizes[r]), q, flip) for q, rs in todo.items()
                 for r in rs if sizes[r][0] > 0)
     pairs = sum(len(rs) for rs in todo.values())

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS, Crop
-from .paths import data_root, shipped_splits
+from .paths import data_root, image_set_key, shipped_splits
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -40,12 +40,67 @@ N_SPLITS, VAL_FRACTION = 3, 0.2
 
 
 @dataclass
+class ImageSet:
+    """Images to extract, unlabelled: a folder (searched recursively) or a list file.
+
+    source: where it lives (its cache is found by it: featx.paths.cache_path); cli: how
+    featx extract names it (for hints that suggest a command)."""
+
+    name: str
+    items: list
+    ids: list
+    source: Path | None = None
+    cli: tuple = ()
+
+    @property
+    def key(self) -> str:
+        return image_set_key(self.name, self.source)
+
+
+def load_image_list(source: Path) -> ImageSet:
+    """A folder (recursively, image extensions) or a text file with one path per line.
+
+    In a folder, every entry named like an image is an item, whatever it is: a dangling
+    symlink or a directory called x.jpg is then recorded as that image's failure, not skipped
+    in silence. Symlinked folders are not followed (no loops)."""
+    source = Path(source)
+    cli = ("--images", str(source.resolve()))
+    if source.is_dir():
+        paths = []
+        for folder, dirs, files in os.walk(source, followlinks=False):
+            paths += [Path(folder) / n for n in dirs + files if Path(n).suffix.lower() in IMAGE_EXTENSIONS]
+        paths.sort()
+        if not paths:
+            raise DatasetError(f"{source}: no images found (looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return ImageSet(source.resolve().name, [str(p) for p in paths],
+                        [p.relative_to(source).as_posix() for p in paths], source, cli)
+    if source.is_file():
+        items, ids = [], []
+        try:
+            text = source.read_text(encoding="utf-8-sig", errors="surrogateescape")
+        except OSError as e:
+            raise DatasetError(f"{source}: cannot read ({e.strerror or e})") from None
+        for line in text.splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                p = Path(line).expanduser()
+                items.append(str(p if p.is_absolute() else source.parent / p))
+                ids.append(line)
+        if not items:
+            raise DatasetError(f"{source}: the list names no images")
+        return ImageSet(source.stem, items, ids, source, cli)
+    raise DatasetError(f"{source}: no such folder or list file")
+
+
+@dataclass
 class Dataset:
     """Images to extract and the labelled samples of one benchmark.
 
     labels: multilabel -> (n_samples, n_classes) int8, 1 positive, -1 negative, 0 difficult
             (left out of that class's evaluation); multiclass -> (n_samples,) class index.
     splits: {name: sample indices}. views: {name: (n_samples,) row in items per sample}.
+    source: where a folder or CSV collection lives (None for a benchmark: its name finds its
+    cache); cli: how featx extract names it (--dataset NAME [--root ROOT]).
     """
 
     name: str
@@ -57,10 +112,17 @@ class Dataset:
     labels: np.ndarray
     splits: dict
     views: dict = field(default_factory=dict)
+    source: Path | None = None
+    cli: tuple = ()
 
     def __post_init__(self):
         if not self.views:
             self.views = {"image": np.arange(len(self.items))}
+
+    @property
+    def key(self) -> str:
+        """The folder name of its caches (featx.paths.image_set_key)."""
+        return image_set_key(self.name, self.source)
 
     def __len__(self):
         return len(self.labels)
@@ -88,12 +150,15 @@ class Dataset:
 
 
 def load_dataset(name: str, root=None) -> Dataset:
-    root = data_root(root)
+    """A benchmark under the data root, folder:DIR (a folder per class) or csv:FILE."""
+    from dataclasses import replace
     if name.startswith("folder:"):
         return load_class_folders(Path(name[len("folder:"):]))
     if name.startswith("csv:"):
         return load_csv(Path(name[len("csv:"):]))
-    return spec_of(name).load(root)
+    data = spec_of(name).load(data_root(root))
+    given = ("--root", str(Path(root).resolve())) if root else ()
+    return replace(data, cli=("--dataset", name) + given)
 
 
 def spec_of(name: str) -> "DatasetSpec":
@@ -371,8 +436,9 @@ def load_class_folders(path: Path) -> Dataset:
     if not ids:
         raise DatasetError(f"{path}: no images in class folders")
     labels = np.asarray(labels, dtype=np.int64)
-    return Dataset(path.name, path, [str(path / i) for i in ids], ids, classes, "multiclass",
-                   labels, numbered_splits(labels, classes, where=path))
+    return Dataset(path.resolve().name, path, [str(path / i) for i in ids], ids, classes, "multiclass",
+                   labels, numbered_splits(labels, classes, where=path), source=path,
+                   cli=("--dataset", f"folder:{path.resolve()}"))
 
 
 def load_csv(path: Path) -> Dataset:
@@ -422,7 +488,7 @@ def load_csv(path: Path) -> Dataset:
         raise DatasetError(f"{path}: the split column names {', '.join(sorted(splits))}; "
                            "use train and test (and optionally val), or leave the column out")
     return Dataset(path.stem, path.parent, items, ids, classes, "multilabel" if multilabel else "multiclass",
-                   labels, splits)
+                   labels, splits, source=path, cli=("--dataset", f"csv:{path.resolve()}"))
 
 
 # -- registry, download -------------------------------------------------------------------------

@@ -116,7 +116,7 @@ def _rows(batch: Batch, dim: int) -> dict:
     desc = np.concatenate([batch.descriptors, np.full((len(failed), dim), np.nan, np.float32)])
     errors = np.array([""] * len(batch.indices) + list(batch.failures.values()), dtype=object)
     return {"scale": np.full(len(rows), batch.scale, np.int64), "row": rows,
-            "descriptor": desc, "error": errors}
+            "descriptor": desc, "error": errors, "transient": np.isin(rows, list(batch.transient))}
 
 
 class ShardWorker:
@@ -254,13 +254,15 @@ def _batches_of(block: dict, seen: dict) -> Iterator[Batch]:
     for q in np.unique(block["scale"]):
         pick = block["scale"] == q
         rows, desc, err = block["row"][pick], block["descriptor"][pick], block["error"][pick]
+        transient = block["transient"][pick]
         new = ~seen[int(q)][rows]
-        rows, desc, err = rows[new], desc[new], err[new]
+        rows, desc, err, transient = rows[new], desc[new], err[new], transient[new]
         seen[int(q)][rows] = True
         ok = err == ""
         order = np.argsort(rows[ok])
         yield Batch(int(q), rows[ok][order], np.ascontiguousarray(desc[ok][order], np.float32),
-                    {int(r): str(e) for r, e in zip(rows[~ok], err[~ok])})
+                    {int(r): str(e) for r, e in zip(rows[~ok], err[~ok])},
+                    {int(r) for r in rows[~ok & transient]})
 
 
 # -- for pipelines that already run on Ray -----------------------------------------------------

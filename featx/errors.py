@@ -10,7 +10,18 @@ class WeightsError(FeatxError):
 
 
 class ImageError(FeatxError):
-    """An image cannot be read; the message names the image and the reason."""
+    """An image cannot be read; the message names the image and the reason.
+
+    transient: the failure may pass without the file changing (not found, no permission, an
+    I/O error), so a later run tries the image again; a decode failure of the same bytes is
+    not transient."""
+
+    def __init__(self, message: str, transient: bool = False):
+        super().__init__(message)
+        self.transient = transient
+
+    def __reduce__(self):  # keep `transient` across processes (pickle passes args only)
+        return type(self), (str(self), self.transient)
 
 
 class CacheError(FeatxError):

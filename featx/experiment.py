@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from .aggregate import aggregate, fuse, l2_normalize
-from .cache import DescriptorCache, cache_file
+from .cache import DescriptorCache
 from .classifiers import OneVsRestSVM
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
@@ -73,45 +72,55 @@ class Config:
 
 
 class Descriptors:
-    """Assembles L2-normalised descriptors from the per-net caches of one dataset."""
+    """Assembles L2-normalised descriptors from the per-net caches of one dataset.
 
-    def __init__(self, data: Dataset, folder: Path, cfg: Config):
+    Each cache's rows are found by image id, and checked against the images as they are now:
+    descriptors of an image that changed since they were computed are refused (featx extract
+    recomputes them). cache_dir, root: as for featx.paths.cache_path."""
+
+    def __init__(self, data: Dataset, cfg: Config, cache_dir=None, root=None, log=print):
+        from .identity import stale_rows
+        from .paths import cache_path
         self.data, self.cfg = data, cfg
-        self.caches = {}
+        self.hint = extract_command(data, cfg, cache_dir, root)
+        self.caches, self.rows = {}, {}
+        use = data.protocol_rows(cfg.views)  # what the splits read
         for net in cfg.nets:
-            path = cache_file(folder, net, cfg.weights.get(net, "torchvision"), cfg.dtype)
+            path = cache_path(data, net, cfg.weights.get(net, "torchvision"), cfg.dtype, cache_dir, root)
             if not path.is_file():
-                raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  "
-                                 + self.extract_command(folder))
-            self.caches[net] = DescriptorCache(path)
+                raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  {self.hint}")
+            cache = self.caches[net] = DescriptorCache(path)
             # A classifier must see the descriptors it was trained on: record how they were made.
-            made = self.caches[net].attrs.get("preprocess")
+            made = cache.attrs.get("preprocess")
             if cfg.preprocess.get(net) not in (None, made):
                 raise ConfigError(f"{path} was computed with {made} preprocessing, not {cfg.preprocess[net]}")
             cfg.preprocess[net] = made
-            computed_in = self.caches[net].attrs.get("dtype") or "float32"  # 0.2.0 files: float32
+            computed_in = cache.attrs.get("dtype") or "float32"  # 0.2.0 files: float32
             if computed_in != cfg.dtype:
                 raise ConfigError(f"{path} holds descriptors computed in {computed_in}, not {cfg.dtype}")
-            if self.caches[net].ids != list(data.ids):
-                raise CacheError(f"{path} was made for another version of {data.name} "
-                                 f"({len(self.caches[net])} images, here {len(data.ids)})")
-        views = cfg.views
-        missing = {net: c.missing(cfg.scales, data.protocol_rows(views))  # what the splits read
-                   for net, c in self.caches.items()}
+            rows = self.rows[net] = cache.lookup(data.ids)
+            absent = use[rows[use] < 0]
+            if len(absent):
+                raise CacheError(f"{path} has no row for {len(absent)} images of {data.name} (first: "
+                                 f"{data.ids[absent[0]]}); compute them with:\n  {self.hint}")
+            if not cache.identified:
+                log(f"note: {path} was written by featx {cache.attrs.get('featx_version')}, before caches "
+                    "recorded each image's identity, so changed images cannot be told; featx extract "
+                    "records them (recomputing nothing)")
+                continue
+            stale = stale_rows(data.items, data.ids, cache.record(), use)
+            if len(stale):
+                raise CacheError(f"{path}: {len(stale)} images changed since their Net-{net} descriptors "
+                                 f"were computed (first: {data.ids[stale[0]]}); compute them again with:\n  "
+                                 f"{self.hint}")
+        missing = {net: c.missing(cfg.scales, self.rows[net][use]) for net, c in self.caches.items()}
         missing = {n: m for n, m in missing.items() if m}
         if missing:
             net, by_scale = next(iter(missing.items()))
             q, rows = next(iter(by_scale.items()))
             raise CacheError(f"Net-{net} descriptors missing for {len(rows)} images at Q={q} "
-                             f"(e.g. {data.ids[rows[0]]}); compute them with:\n  " + self.extract_command(folder))
-        self.views = views
-
-    def extract_command(self, folder) -> str:
-        cfg = self.cfg
-        weights = ",".join(f"{n}={cfg.weights.get(n, 'torchvision')}" for n in cfg.nets)
-        return (f"featx extract --dataset {self.data.name} --net {','.join(cfg.nets)} "
-                f"--scales {','.join(map(str, cfg.scales))} --weights {weights} --out {folder}"
-                + (f" --dtype {cfg.dtype}" if cfg.dtype != "float32" else ""))
+                             f"(e.g. {self.caches[net].ids[rows[0]]}); compute them with:\n  {self.hint}")
+        self.views = cfg.views
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """L2-normalised descriptors of these samples: nets fused per view; views (whole image,
@@ -119,10 +128,29 @@ class Descriptors:
         views = []
         for view in self.views:
             rows = self.data.views[view][samples]
-            per_net = [aggregate(c.load(self.cfg.scales, rows=rows), self.cfg.aggregate)
-                       for c in self.caches.values()]
+            per_net = [aggregate(c.load(self.cfg.scales, rows=self.rows[net][rows]), self.cfg.aggregate)
+                       for net, c in self.caches.items()]
             views.append(l2_normalize(fuse(*per_net)))
         return views[0] if len(views) == 1 else l2_normalize(fuse(*views))
+
+
+def extract_command(data: Dataset, cfg: Config, cache_dir=None, root=None) -> str:
+    """The featx extract command that computes what this configuration reads, for this image set
+    and cache location (the same rule as every command: featx.paths.cache_path)."""
+    import shlex
+    from .paths import cache_dir as resolve_cache_dir
+    parts = ["featx", "extract", *data.cli, "--net", ",".join(cfg.nets),
+             "--scales", ",".join(map(str, cfg.scales)),
+             "--weights", ",".join(f"{n}={cfg.weights.get(n, 'torchvision')}" for n in cfg.nets)]
+    given = {n: p for n, p in cfg.preprocess.items() if p and n in cfg.nets}
+    if given:
+        parts += ["--preprocess", ",".join(f"{n}={p}" for n, p in given.items())]
+    where = resolve_cache_dir(cache_dir, root)
+    if where.resolve() != resolve_cache_dir(None, root if "--root" in data.cli else None).resolve():
+        parts += ["--cache-dir", str(where.resolve())]
+    if cfg.dtype != "float32":
+        parts += ["--dtype", cfg.dtype]
+    return shlex.join(parts)
 
 
 def _subset(X_all: np.ndarray, all_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -155,11 +183,12 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     return best, results
 
 
-def run(data: Dataset, folder: Path, cfg: Config, log=print) -> Result:
-    """Run the dataset's protocol; the Result holds the trained models of its splits."""
+def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Result:
+    """Run the dataset's protocol on the caches featx.paths.cache_path finds (cache_dir, root:
+    --cache-dir and --root); the Result holds the trained models of its splits."""
     cfg.check(data)
     start = time.perf_counter()
-    desc = Descriptors(data, folder, cfg)
+    desc = Descriptors(data, cfg, cache_dir, root, log=log)
     n_classes = len(data.classes)
     runs = []
     if "train1" in data.splits:  # Caltech, and held-out splits of a folder or CSV collection

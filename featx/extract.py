@@ -98,6 +98,7 @@ class Batch:
     indices: np.ndarray
     descriptors: np.ndarray  # (len(indices), dim) float32, flip-averaged, not normalised
     failures: dict = field(default_factory=dict)  # image index -> reason
+    transient: set = field(default_factory=set)  # failures that may pass (file not found, I/O error)
 
 
 def plan_batches(sizes: Sequence, q: int, batch_size: int) -> list[np.ndarray]:
@@ -308,19 +309,21 @@ class Extractor:
         while ahead:
             idx, futures = ahead.popleft()
             submit()
-            arrays, ok, failures = [], [], {}
+            arrays, ok, failures, transient = [], [], {}, set()
             for i, fut in zip(idx, futures):
                 res = fut.result()
                 if isinstance(res, ImageError):
                     failures[int(i)] = str(res)
+                    if res.transient:
+                        transient.add(int(i))
                 else:
                     arrays.append(res)
                     ok.append(int(i))
             ok = np.asarray(ok, dtype=np.int64)
             if not arrays:
-                yield Batch(q, ok, np.empty((0, self.dim), np.float32), failures)
+                yield Batch(q, ok, np.empty((0, self.dim), np.float32), failures, transient)
                 continue
-            yield Batch(q, ok, self.forward(np.stack(arrays)), failures)
+            yield Batch(q, ok, self.forward(np.stack(arrays)), failures, transient)
 
     @torch.inference_mode()
     def forward(self, pixels: np.ndarray) -> np.ndarray:

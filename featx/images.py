@@ -80,15 +80,15 @@ def _open(item, index=None) -> Image.Image:
     except ImageError:
         raise
     except FileNotFoundError:
-        raise ImageError(f"{name}: file not found") from None
+        raise ImageError(f"{name}: file not found", transient=True) from None
     except IsADirectoryError:
         raise ImageError(f"{name}: is a directory, not an image") from None
     except UnidentifiedImageError:
         raise ImageError(f"{name}: not an image (unrecognised format)") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: refused as a possible decompression bomb ({e})") from None
-    except OSError as e:
-        raise ImageError(f"{name}: cannot open ({e})") from None
+    except OSError as e:  # no permission, an I/O error: may pass
+        raise ImageError(f"{name}: cannot open ({e})", transient=True) from None
     w, h = img.size
     if w * h > max_pixels():
         raise ImageError(f"{name}: {w}x{h} = {w * h:,} pixels exceeds the {max_pixels():,} pixel "
@@ -136,7 +136,10 @@ def load_rgb(item, index: int | None = None) -> Image.Image:
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageError(f"{name_of(item, index)}: truncated or corrupt image data ({e})") from None
+        # An OSError with an errno is the system's (the disk, the network), not the data's
+        transient = isinstance(e, OSError) and e.errno is not None
+        what = "cannot read" if transient else "truncated or corrupt image data"
+        raise ImageError(f"{name_of(item, index)}: {what} ({e})", transient=transient) from None
     if isinstance(item, Crop):
         _check_box(item, (img.height, img.width), index)
         img = img.crop(item.box)

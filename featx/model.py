@@ -92,6 +92,46 @@ def load_model(path, device="auto"):
     return Pipeline([("vgg", vgg), ("svm", svm)])
 
 
+def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=None, device="auto",
+                        progress: bool = True, log=print):
+    """A saved model's scores for every image of an image set (featx.datasets.ImageSet), through
+    the set's own caches (featx.paths.cache_path, as featx extract writes them): what they lack
+    is extracted first, so a second run on the same folder computes only new or changed images.
+
+    Returns (ids, scores (n, n_classes) or (n,) for two classes, {id: reason} for the images
+    that could not be read)."""
+    from .aggregate import aggregate, fuse, l2_normalize
+    from .cache import DONE, DescriptorCache
+    from .paths import cache_path
+    from .update import update_caches
+
+    d = record["descriptor"]
+    nets, scales, weights = list(d["nets"]), tuple(d["scales"]), dict(d["weights"])
+    path_for = {net: cache_path(images, net, weights[net], "float32", cache_dir, root) for net in nets}
+    for summary in update_caches(nets, images.items, images.ids, images.name, path_for.get, weights,
+                                 d.get("preprocess") or None, progress=progress, log=log,
+                                 source=str(images.source.resolve()) if images.source else "",
+                                 scales=scales, flip=d["flip"], device=device):
+        log(str(summary))
+    caches = {net: DescriptorCache(p) for net, p in path_for.items()}
+    for net, want in (d.get("weights_digest") or {}).items():
+        if want and caches[net].attrs.get("weights_digest") != want:
+            raise ConfigError(f"{path_for[net]} was computed with other Net-{net} weights than this "
+                              "classifier was trained on (their tensors differ)")
+    rows = {net: c.rows(images.ids) for net, c in caches.items()}
+    ok = np.ones(len(images.ids), bool)
+    for net, c in caches.items():
+        for q in scales:
+            ok &= c.status(q)[rows[net]] == DONE
+    errors = caches[nets[0]].errors()
+    failed = {i: errors.get(i, "no descriptor") for i, good in zip(images.ids, ok) if not good}
+    if not ok.any():
+        return [], np.empty((0, len(record["classes"]))), failed
+    X = l2_normalize(fuse(*[aggregate(caches[net].load(scales, rows=rows[net][ok]), d["aggregate"])
+                            for net in nets]))
+    return [i for i, good in zip(images.ids, ok) if good], pipeline.named_steps["svm"].decision_function(X), failed
+
+
 def check_weights(pipeline, record: dict) -> None:
     """Refuse to predict with weights other than those the classifier was trained on."""
     vgg = pipeline.named_steps["vgg"]

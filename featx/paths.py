@@ -2,7 +2,9 @@
 
     data root     --root,        $FEATX_DATA_ROOT,  ./datasets
     caches        --cache-dir,   $FEATX_CACHE_DIR,  <data root>/featx-cache   (<dir>/<image set>/<net>-<weights>.h5,
-                  <net>-<weights>-<dtype>.h5 for descriptors computed in bfloat16 or float16)
+                  <net>-<weights>-<dtype>.h5 for descriptors computed in bfloat16 or float16;
+                  <image set> is a benchmark's name, or NAME-<8 hex of its resolved path> for a
+                  folder, list or CSV file: `cache_path` is the rule, for every command)
     pipelines     --pipelines,   $FEATX_PIPELINES,  the ones shipped with featx
     split files   shipped with featx (datasets/splits/ in a checkout, featx/splits/ in a wheel),
                   else <data root>/splits/<dataset>/ (drawn by the seeded rule the first time)
@@ -14,6 +16,7 @@ inside the package in a wheel (featx/pipelines, featx/splits): both are looked f
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -32,16 +35,65 @@ def data_root(root=None) -> Path:
 
 def cache_dir(option=None, root=None) -> Path:
     """Where dataset caches live: --cache-dir, $FEATX_CACHE_DIR, or <data root>/featx-cache."""
-    if option:
-        return Path(option)
-    if os.environ.get("FEATX_CACHE_DIR"):
-        return Path(os.environ["FEATX_CACHE_DIR"])
+    for value, what in ((option, "--cache-dir"), (os.environ.get("FEATX_CACHE_DIR"), "$FEATX_CACHE_DIR")):
+        if value:
+            if Path(value).exists() and not Path(value).is_dir():
+                raise ConfigError(f"{what} {value} is a file; caches go in a folder (give a folder, "
+                                  "or leave it out for the default, <data root>/featx-cache)")
+            return Path(value)
     return data_root(root) / "featx-cache"
 
 
-def dataset_cache_dir(dataset: str, option=None, root=None) -> Path:
-    """The folder holding one image set's caches (one file per net and weight source)."""
-    return cache_dir(option, root) / dataset
+def image_set_key(name: str, source=None) -> str:
+    """The folder name of an image set's caches: a benchmark's own name (source None), or a
+    user's folder, list or CSV file by its name and 8 hex digits of its resolved path
+    ("photos-1a2b3c4d"): two folders both called photos never share a cache, and the same
+    folder reached by another relative path or symlink finds its own."""
+    if source is None:
+        return name
+    where = str(Path(source).expanduser().resolve()).encode("utf-8", "surrogateescape")
+    return f"{name}-{hashlib.sha256(where).hexdigest()[:8]}"
+
+
+def parse_image_set(spec) -> tuple[str, Path | None]:
+    """(name, source) of an image set named as on the command line: a benchmark (voc2007,
+    ...), folder:DIR, csv:FILE, or a folder or list file of images (extract --images)."""
+    text = os.fspath(spec)
+    for prefix in ("folder:", "csv:"):
+        if text.startswith(prefix):
+            path = Path(text[len(prefix):]).expanduser()
+            return (path.stem if prefix == "csv:" else path.resolve().name), path
+    from .datasets import DATASETS
+    if text in DATASETS:
+        return text, None
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{text}: neither a benchmark ({', '.join(DATASETS)}), folder:DIR, csv:FILE, "
+                          "nor a folder or list file of images")
+    return (path.resolve().name if path.is_dir() else path.stem), path
+
+
+def cache_path(images, net: str = "D", weights="torchvision", dtype: str = "float32",
+               cache_dir=None, root=None) -> Path:
+    """The cache file of an image set for one net, weight source and compute type: the one
+    rule behind every command (extract, svm, predict, reproduce, info).
+
+    images: a Dataset or ImageSet (featx.datasets), or its name as on the command line
+    ("voc2007", "folder:photos", "csv:labels.csv", or a folder or list file of images).
+    cache_dir, root: --cache-dir and --root ($FEATX_CACHE_DIR, $FEATX_DATA_ROOT; default
+    ./datasets/featx-cache).
+
+    >>> cache_path("folder:photos", net="E", weights="caffe")
+    PosixPath('datasets/featx-cache/photos-1a2b3c4d/E-caffe.h5')
+    """
+    from .cache import cache_file
+    key = images.key if hasattr(images, "key") else image_set_key(*parse_image_set(images))
+    return cache_file(image_set_dir(key, cache_dir, root), net, weights, dtype)
+
+
+def image_set_dir(key: str, option=None, root=None) -> Path:
+    """The folder holding one image set's caches (one file per net, weights and type)."""
+    return cache_dir(option, root) / key
 
 
 def _shipped(*candidates: Path) -> Path | None:

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .cache import being_written, cache_file
+from .cache import being_written
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
 from .experiment import run
 from .results import load_result, write_result
+from .paths import cache_path
 from .pipeline import Pipeline
 from .update import update_caches
 
@@ -87,10 +88,10 @@ def plan(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple
     datasets, missing = load_datasets(pipelines, root)
     out = []
     for job in jobs_of(pipelines):
-        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights, dtype)
+        path = cache_path(job.dataset, job.net, job.weights, dtype, cache_dir)
         if job.dataset in datasets:
             data = datasets[job.dataset]
-            out.append((job, extraction_cost(job.net, data.items, job.scales, path, rows=job.rows(data)),
+            out.append((job, extraction_cost(job.net, data.items, data.ids, job.scales, path, rows=job.rows(data)),
                         "being extracted now" if being_written(path) else ""))
             continue
         n = DATASETS[job.dataset].images
@@ -121,7 +122,7 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     runnable = [p for p in pipelines if p.dataset in datasets]
     for job in jobs_of(runnable):
         data = datasets[job.dataset]
-        path = cache_file(Path(cache_dir) / job.dataset, job.net, job.weights, dtype)
+        path = cache_path(data, job.net, job.weights, dtype, cache_dir)
         log(f"{job.dataset}: Net-{job.net} ({job.weights}) at Q = {', '.join(map(str, job.scales))} "
             f"for {', '.join(job.pipelines)} -> {path}")
         summary, = update_caches([job.net], data.items, data.ids, data.name, lambda net: path,
@@ -132,7 +133,7 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     results = {}
     for p in runnable:
         log(f"== {p.name}: {p.row} on {p.dataset}")
-        result = run(datasets[p.dataset], Path(cache_dir) / p.dataset, p.config(solver, device, dtype), log=log)
+        result = run(datasets[p.dataset], p.config(solver, device, dtype), cache_dir, log=log)
         result = replace(result, pipeline=p.name, table=p.table, command=command, paper=p.paper,
                          paper_pipeline=p.name)
         write_result(result, Path(results_dir) / p.dataset, p.name)

@@ -17,8 +17,11 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from . import cache as fmt
+from .cache import FAILED, TODO
 from .errors import CacheError, ConfigError, ImageError
-from .images import read_sizes, target_size
+from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of,
+                       file_of, survey)
+from .images import target_size
 
 
 @dataclass
@@ -28,13 +31,27 @@ class Summary:
     reused: int = 0
     failed: int = 0
     repaired: int = 0  # rows found damaged (checksum or status byte) and recomputed
+    added: int = 0  # images an existing file had no row for (rows appended)
+    changed: int = 0  # images whose file changed since their rows were computed (recomputed)
+    retried: int = 0  # failed images tried again (failure transient, file changed, or asked)
+    absent: int = 0  # rows of images not in this image set (kept, not used)
+    upgraded: bool = False  # a cache made before featx 0.6 that recorded its images this run
+    hashed: int = 0  # image files read and hashed to check them
     seconds: float = 0.0
     failures: dict = field(default_factory=dict)  # row -> reason
 
     def __str__(self):
         fixed = f", repaired {self.repaired}" if self.repaired else ""
+        notes = [f"recomputed {self.changed} changed image{'s' * (self.changed != 1)}" if self.changed else "",
+                 f"{self.added} new image{'s' * (self.added != 1)}" if self.added else "",
+                 f"retried {self.retried} failed image{'s' * (self.retried != 1)}" if self.retried else "",
+                 f"kept {self.absent} row{'s' * (self.absent != 1)} of images not in this set (featx info "
+                 f"--prune drops those whose files are gone)" if self.absent else "",
+                 "recorded each image's identity (a cache from featx 0.5 or older: nothing recomputed "
+                 "for it)" if self.upgraded else ""]
+        notes = "; ".join(n for n in notes if n)
         return (f"{self.path}: computed {self.computed}, reused {self.reused}, failed {self.failed}"
-                f"{fixed} (image x scale) in {self.seconds:.1f} s")
+                f"{fixed} (image x scale) in {self.seconds:.1f} s" + (f"; {notes}" if notes else ""))
 
 
 def max_rescaled_pixels() -> int:
@@ -77,15 +94,20 @@ def lock_cache(path: Path) -> FileLock:
 
 def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name: str = "",
                      rows=None, strict: bool = False, progress: bool = True,
-                     on_batch: Callable | None = None) -> Summary:
+                     on_batch: Callable | None = None, source: str = "",
+                     retry_failed: bool = False) -> Summary:
     """Compute what `path` lacks for `items`, at every scale of the extractor.
 
     extractor: an Extractor (or featx.distributed.RayExtractor), or a function returning one,
         called once the cache's lock is held (so a refused second writer loads no weights).
-    items: what to read per image (paths or Crops); ids: their stable names (stored, checked).
-    rows: restrict the work to these rows (e.g. the splits a protocol reads); the file always
-        spans all items.
+    items: what to read per image (paths or Crops); ids: their stable names. A row belongs to
+        an image by its id: images new to the file get rows, rows of images not in `items` are
+        kept unused, and a row whose file changed since (featx.identity) is recomputed.
+    rows: restrict the work to these rows of `items` (e.g. the splits a protocol reads).
+    name, source: the image set's name and where it lives (recorded in the file).
     strict: stop at the first unreadable image (after saving what is done).
+    retry_failed: try every failed image again (by default only those whose failure may pass,
+        such as a file not found, or whose file changed).
     on_batch: called with each committed Batch (progress reporting).
     """
     path = Path(path)
@@ -95,8 +117,7 @@ def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name:
         raise ConfigError("items and ids differ in length")
     if not ids:
         raise CacheError("the image set is empty: nothing to extract")
-    if len(set(ids)) != len(ids):
-        raise CacheError("image ids must be unique")
+    check_unique(ids)
     try:
         lock = lock_cache(path)
     except (NotADirectoryError, FileExistsError, PermissionError) as e:
@@ -104,9 +125,18 @@ def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name:
     try:
         fmt.remove_stale_temporaries(path)
         ex = extractor if hasattr(extractor, "iter_batches") else extractor()
-        return _extract_locked(ex, items, ids, path, name, rows, strict, progress, on_batch)
+        return _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, on_batch,
+                               retry_failed)
     finally:
         lock.release()
+
+
+def check_unique(ids: Sequence[str]) -> None:
+    seen = {}
+    for k, i in enumerate(ids):
+        if i in seen:
+            raise CacheError(f"image ids must be unique: {i!r} is image #{seen[i] + 1} and #{k + 1}")
+        seen[i] = k
 
 
 def _provenance(ex) -> dict:
@@ -116,31 +146,112 @@ def _provenance(ex) -> dict:
                 featx_version=__version__, torch_version=torch.__version__)
 
 
-def _extract_locked(ex, items, ids, path, name, rows, strict, progress, on_batch):
+def _record_images(path: Path, cache, items, ids, look: Survey, provenance: dict, scales, dim: int,
+                   name: str, source: str, summary: Summary) -> np.ndarray:
+    """Bring the file's per-row record up to what the survey saw; returns each image's row.
+
+    New images, new scales, new paths and a pre-0.6 file's first identities change the file's
+    structure: one atomic rewrite. Otherwise in place, in an order a kill cannot exploit: the
+    rows of changed images are 'to do' before their new identity is on record (a kill in
+    between leaves rows that are simply computed again)."""
+    old = cache.record() if cache is not None else Record.blank([])
+    new = look.new
+    where = look.where.copy()
+    where[new] = len(old) + np.arange(len(new))
+    full = old.extended([ids[i] for i in new])
+    if old.legacy:  # its failures are tried once more (survey), then recorded with their kind
+        full.error_kinds[:] = np.where(full.errors != b"", DETERMINISTIC, NO_ERROR)
+    # Paths and boxes are variable-length or rarely change: recorded in a rewrite only.
+    moved = [i for i in np.flatnonzero((look.state == CHANGED) | (look.state == TOUCHED))
+             if old.paths[where[i]] != (file_of(items[i]) or "") or tuple(old.boxes[where[i]]) != box_of(items[i])]
+    for i in [*moved, *new]:
+        full.paths[where[i]], full.boxes[where[i]] = file_of(items[i]) or "", box_of(items[i])
+    # What the survey read: signatures of every row it looked at, digests of the files it hashed
+    # (SAME rows keep theirs), sizes and failures of the headers it read.
+    failed = np.fromiter(look.errors, np.int64, len(look.errors))
+    sized = np.union1d(np.flatnonzero(look.sizes[:, 0] >= 0), failed)
+    looked = np.union1d(np.flatnonzero((look.state != SAME) | look.retry), sized)
+    hashed = looked[look.state[looked] != SAME]
+    full.signatures[where[looked]] = look.signatures[looked]
+    full.digests[where[hashed]] = look.digests[hashed]
+    full.sizes[where[sized]] = look.sizes[sized]
+    full.errors[where[sized]] = fmt.error_column([look.errors.get(int(i), "") for i in sized])
+    full.error_kinds[where[sized]] = [TRANSIENT if i in look.transient else DETERMINISTIC if i in look.errors
+                                      else NO_ERROR for i in sized.tolist()]
+    summary.changed += len(look.changed)
+    summary.retried += int(look.retry.sum())
+    summary.hashed += look.hashed
+
+    def statuses(before: dict, n: int) -> tuple[dict, dict]:
+        """Every row's status at every scale: with changed and retried rows reset, then with the
+        rows that cannot be read now failed (at a new scale, every image that failed is)."""
+        reset, final = {}, {}
+        for q in dict.fromkeys([*before, *scales]):
+            s = np.zeros(n, np.uint8)
+            if q in before:
+                s[:len(before[q])] = before[q]
+            else:
+                s[full.errors != b""] = FAILED
+            s[where[look.changed]] = TODO
+            retry = where[look.retry]
+            s[retry] = np.where(s[retry] == FAILED, TODO, s[retry])
+            reset[q], final[q] = s, s.copy()
+            final[q][where[failed]] = FAILED
+        return reset, final
+
+    before = {q: cache.status(q) for q in cache.scales} if cache is not None else {}
+    reset, final = statuses(before, len(full))
+    if cache is None or len(new) or set(scales) - set(cache.scales) or not cache.identified or moved:
+        attrs = dict(cache.attrs) if cache is not None else dict(provenance,
+                                                                 created=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        attrs.pop("ids_sha256", None)  # 0.2.0-0.5.0 tied a file to one list of ids
+        if cache is not None and not cache.identified:
+            summary.upgraded = True
+            attrs["identities_added"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+            if not cache.checksummed:
+                attrs["checksums_added"] = attrs["identities_added"]
+        attrs.update({"format": "featx-descriptors", "format_version": fmt.FORMAT, "n_images": len(full),
+                      "image_set": name or attrs.get("image_set", ""), "source": source or attrs.get("source", "")})
+        fmt.write_file(path, full, final, dim, attrs,
+                       origin=None if cache is None else np.concatenate([np.arange(len(old)), np.full(len(new), -1)]))
+        summary.added += len(new) if cache is not None else 0
+        return where
+    r = where[looked]
+    with fmt.Writer(path) as w:
+        w.set_status({q: s for q, s in reset.items() if not np.array_equal(s, before[q])})
+        w.set_rows(r, signatures=full.signatures[r], digests=full.digests[r], sizes=full.sizes[r],
+                   errors=full.errors[r], error_kinds=full.error_kinds[r])
+        w.set_status({q: s for q, s in final.items() if not np.array_equal(s, reset[q])})
+    return where
+
+
+def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, on_batch, retry_failed):
     start = time.perf_counter()
     provenance = _provenance(ex)
     scales = list(ex.scales)
+    cache = None
     if path.exists():
         cache = fmt.DescriptorCache(path)
         diff = fmt.provenance_diff(cache.attrs, provenance, ex.weights.file_checksum)
         if diff:
             raise CacheError(f"{path} was computed with other settings, refusing to mix:\n  "
                              + "\n  ".join(diff) + "\nuse another --cache-dir / --out, or delete the file")
-        if cache.attrs.get("ids_sha256") != fmt.ids_digest(ids):
-            raise CacheError(f"{path} holds another image set ({len(cache)} images, "
-                             f"'{cache.attrs.get('image_set')}'); this run has {len(ids)}")
-        new = [q for q in scales if q not in cache.scales]
-        if new or not cache.checksummed:
-            fmt.extend(path, new, ex.dim)
-    else:
-        sizes, errors = read_sizes(items, ex.workers, progress)
-        if strict and errors:
-            raise ImageError(next(iter(errors.values())))
-        fmt.create(path, items, ids, sizes, errors, provenance, scales, name)
-
+    look = survey(items, ids, cache.record() if cache is not None else None, retry_failed=retry_failed,
+                  workers=ex.workers, progress=progress)
+    if strict and look.errors:
+        raise ImageError(next(iter(look.errors.values())))
     summary = Summary(path)
-    wanted = np.zeros(len(ids), bool)
-    wanted[np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)] = True
+    where = _record_images(path, cache, items, ids, look, provenance, scales, ex.dim, name, source, summary)
+    n = (len(cache) if cache is not None else 0) + len(look.new)
+    summary.absent = n - len(ids)
+    # The extractor reads the file's rows: an image set's images where they are, rows of
+    # images not in the set left out (size None).
+    row_items = [None] * n
+    for i, r in enumerate(where):
+        row_items[r] = items[i]
+    wanted = np.zeros(n, bool)
+    wanted[where if rows is None else where[np.asarray(rows, dtype=np.int64)]] = True
+
     # Damaged rows (a status byte of unknown value, bytes that fail their checksum) go back to
     # 'to do' first, so this run recomputes exactly them.
     with fmt.Writer(path) as w:
@@ -163,9 +274,9 @@ def _extract_locked(ex, items, ids, path, name, rows, strict, progress, on_batch
         # Each batch's wall time (reading, resizing, forward passes) goes into the file with it,
         # so `featx info` can tell what a scale cost across interruptions and resumes.
         tick = time.perf_counter()
-        for batch in ex.iter_batches(items, sizes, scales, skip):
+        for batch in ex.iter_batches(row_items, sizes, scales, skip):
             w.commit(batch.scale, batch.indices, batch.descriptors, batch.failures,
-                     seconds=time.perf_counter() - tick)
+                     seconds=time.perf_counter() - tick, transient=batch.transient)
             summary.computed += len(batch.indices)
             if on_batch is not None:
                 on_batch(batch)
@@ -181,12 +292,36 @@ def _extract_locked(ex, items, ids, path, name, rows, strict, progress, on_batch
     return summary
 
 
+def prune(path) -> int:
+    """Remove the rows of images whose file no longer exists (DescriptorCache.gone), in one
+    atomic rewrite under the writer's lock; returns how many rows went."""
+    path = Path(path)
+    lock = lock_cache(path)
+    try:
+        cache = fmt.DescriptorCache(path)
+        if not cache.identified:
+            raise CacheError(f"{path} was written by featx {cache.attrs.get('featx_version')} and records no "
+                             "image files yet: run featx extract on its image set first (it records them, "
+                             "recomputing nothing), then prune")
+        gone = set(cache.gone())
+        if not gone:
+            return 0
+        keep = np.asarray([r for r, i in enumerate(cache.ids) if i not in gone], dtype=np.int64)
+        attrs = dict(cache.attrs, n_images=len(keep), pruned=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        fmt.write_file(path, cache.record().take(keep), {q: cache.status(q)[keep] for q in cache.scales},
+                       cache.dim, attrs, origin=keep)
+        return len(gone)
+    finally:
+        lock.release()
+
+
 def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], weights: dict,
                   preprocess: dict | None = None, rows=None, strict: bool = False, progress: bool = True,
-                  engine: str = "local", log: Callable = print, **extractor_options) -> list[Summary]:
+                  engine: str = "local", log: Callable = print, source: str = "", retry_failed: bool = False,
+                  **extractor_options) -> list[Summary]:
     """Bring one image set's caches up to date for each net: path_for(net) is its file,
     weights[net] its weight source. engine "local" or "ray" (Ray options go in
-    extractor_options, as for RayExtractor)."""
+    extractor_options, as for RayExtractor). source, retry_failed: as for extract_to_cache."""
     if engine == "ray":
         from .distributed import RayExtractor as Engine
     elif engine == "local":
@@ -206,6 +341,6 @@ def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], 
                     f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}")
             return ex
 
-        summaries.append(extract_to_cache(build, items, ids, path, name=name, rows=rows,
-                                          strict=strict, progress=progress))
+        summaries.append(extract_to_cache(build, items, ids, path, name=name, rows=rows, strict=strict,
+                                          progress=progress, source=source, retry_failed=retry_failed))
     return summaries

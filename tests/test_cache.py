@@ -98,7 +98,7 @@ def test_wall_time_is_summed_per_scale_across_resumes(tmp_path):
     assert all(again[q][0] > first[q][0] for q in (224, 256))
 
 
-def test_other_settings_or_image_set_are_refused(tmp_path):
+def test_other_settings_are_refused_and_a_smaller_set_reuses_its_rows(tmp_path):
     items, ids = image_set(tmp_path)
     path = tmp_path / "c.h5"
     extract_to_cache(tiny(), items, ids, path, progress=False)
@@ -107,8 +107,9 @@ def test_other_settings_or_image_set_are_refused(tmp_path):
     with pytest.raises(CacheError, match="weights_digest: file has 'tensors:[0-9a-f]{64}', this run 'tensors:[0-9a-f]{64}'"):
         extract_to_cache(Extractor("T", scales=(224,), weights="random:1", device="cpu"), items, ids, path,
                          progress=False)
-    with pytest.raises(CacheError, match="holds another image set"):
-        extract_to_cache(tiny(), items[:5], ids[:5], path, progress=False)
+    s = extract_to_cache(tiny(), items[:5], ids[:5], path, progress=False)  # rows are kept by image id
+    assert (s.computed, s.reused, s.absent) == (0, 10, 5)
+    assert "kept 5 rows of images not in this set" in str(s)
 
 
 def test_lock_refuses_a_second_writer(tmp_path):

@@ -19,7 +19,7 @@ def test_voc2007_extract_then_svm(tmp_path):
     make_voc(tmp_path, trainval=ids[:24], test=ids[24:], real_images=True)
     common = ["--net", "T", "--weights", "random", "--scales", "224,256", "--root", tmp_path]
     r = run("svm", "voc2007", *common)
-    assert r.exit_code == 1 and "featx extract --dataset voc2007 --net T --scales 224,256" in r.output
+    assert r.exit_code == 1 and f"featx extract --dataset voc2007 --root {tmp_path} --net T --scales 224,256" in r.output
     r = run("extract", "--dataset", "voc2007", "--split", "trainval", *common, "-q")
     assert r.exit_code == 0 and "computed 48, reused 0" in r.output, r.output
     r = run("svm", "voc2007", *common)

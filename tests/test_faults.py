@@ -230,7 +230,7 @@ def test_disk_full_mid_run_keeps_what_was_committed(tmp_path, photos, monkeypatc
 def _raising_inside(original, after):
     calls = []
 
-    def commit(self, q, rows, descriptors, failures, seconds=0.0):
+    def commit(self, q, rows, descriptors, failures, seconds=0.0, transient=()):
         calls.append(1)
         if len(calls) > after:
             group = self.f[f"scales/{q}"]["descriptors"]
@@ -240,7 +240,7 @@ def _raising_inside(original, after):
                     raise OSError(errno.ENOSPC, "Can't write data (No space left on device)")
 
             self.f = _Proxy(self.f, {f"scales/{q}": {"descriptors": Full(), "crc32": group}})
-        return original(self, q, rows, descriptors, failures, seconds)
+        return original(self, q, rows, descriptors, failures, seconds, transient)
     return commit
 
 

@@ -272,4 +272,5 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
     r = CliRunner().invoke(main, svm + ["--dtype", "float16"])
     assert r.exit_code == 1 and "T-random-0-float16.h5 holds descriptors computed in bfloat16, not float16" in r.output
     r = CliRunner().invoke(main, svm + ["--dtype", "bfloat16"])
-    assert r.exit_code == 1 and "--out " + str(caches) + " --dtype bfloat16" in r.output, r.output
+    assert r.exit_code == 1 and f"--root {tmp_path} --net T --scales 224 --weights T=random --dtype bfloat16" \
+        in r.output, r.output
