@@ -177,7 +177,8 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
             state[i] = CHANGED  # another crop of the image
         elif now is None:  # no file now: still missing (a recorded failure), or gone
             state[i] = SAME if failed and (record.legacy or rec_sig == NO_FILE) else CHANGED
-        elif record.legacy or rec_sig != now or record.paths[r] != (file_of(item) or ""):
+        elif (record.legacy or rec_sig != now or record.paths[r] != (file_of(item) or "")
+              or file_of(item) is None):  # bytes in memory have no times: always hashed
             by_digest[i] = True
             moved[i] = record.paths[r] != (file_of(item) or "")
         elif not record.digests[r]:  # its bytes could not be read: a failed row tries again

@@ -388,3 +388,20 @@ def test_predict_on_a_folder_goes_through_its_cache(tmp_path, class_folder):
     r = CliRunner().invoke(main, ["predict", str(model), str(new), "--cache-dir",
                                                   str(tmp_path / "c"), "-q"])
     assert "computed 1, reused 3, failed 1" in r.stderr and "1 new image" in r.stderr
+
+
+def test_encoded_bytes_are_known_by_their_digest(tmp_path):
+    import io
+    from PIL import Image
+    path = tmp_path / "c.h5"
+
+    def ppm(seed):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (240, 230, 3), dtype=np.uint8)).save(buf, "PPM")
+        return buf.getvalue()
+    a, b = ppm(1), ppm(2)
+    assert len(a) == len(b)
+    extract_to_cache(tiny(), [a, ppm(3)], ["x", "y"], path, progress=False)
+    s = extract_to_cache(tiny(), [b, ppm(3)], ["x", "y"], path, progress=False)  # same length, other bytes
+    assert (s.changed, s.computed, s.reused) == (1, 2, 2)
+    assert np.array_equal(DescriptorCache(path).load(ids=["x"])[0], tiny().extract([b])[0])
