@@ -211,7 +211,7 @@ class DescriptorCache:
 
     def record(self):
         """Every row's record but its descriptors (a featx.identity.Record)."""
-        from .identity import NO_FILE, TRANSIENT, Record
+        from .identity import DETERMINISTIC, NO_FILE, Record
         with self._reading("the rows' record"), self._open() as f:
             n = len(self.ids)
             errors = f["errors"][()]
@@ -221,8 +221,8 @@ class DescriptorCache:
                 boxes=f["boxes"][()], sizes=f["sizes"][()], errors=errors,
                 signatures=np.tile(NO_FILE, (n, 1)).astype(np.int64) if legacy else f["signatures"][()],
                 digests=np.full(n, b"", f"S{DIGEST_WIDTH}") if legacy else f["digests"][()],
-                error_kinds=(np.where(errors != b"", TRANSIENT, 0).astype(np.uint8) if legacy
-                             else f["error_kinds"][()]),
+                error_kinds=(np.where(errors != b"", DETERMINISTIC, 0).astype(np.uint8) if legacy
+                             else f["error_kinds"][()]),  # a legacy failure is tried once more (survey)
                 legacy=legacy)
 
     def gone(self) -> list[str]:

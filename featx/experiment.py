@@ -110,8 +110,8 @@ class Descriptors:
                 continue
             stale = stale_rows(data.items, data.ids, cache.record(), use)
             if len(stale):
-                raise CacheError(f"{path}: {len(stale)} images changed since their Net-{net} descriptors "
-                                 f"were computed (first: {data.ids[stale[0]]}); compute them again with:\n  "
+                raise CacheError(f"{path}: {len(stale)} image(s) changed or gone since their Net-{net} "
+                                 f"descriptors were computed (first: {data.ids[stale[0]]}); compute them again with:\n  "
                                  f"{self.hint}")
         missing = {net: c.missing(cfg.scales, self.rows[net][use]) for net, c in self.caches.items()}
         missing = {n: m for n, m in missing.items() if m}

@@ -159,8 +159,6 @@ def _record_images(path: Path, cache, items, ids, look: Survey, provenance: dict
     where = look.where.copy()
     where[new] = len(old) + np.arange(len(new))
     full = old.extended([ids[i] for i in new])
-    if old.legacy:  # its failures are tried once more (survey), then recorded with their kind
-        full.error_kinds[:] = np.where(full.errors != b"", DETERMINISTIC, NO_ERROR)
     # Paths and boxes are variable-length or rarely change: recorded in a rewrite only.
     moved = [i for i in np.flatnonzero((look.state == CHANGED) | (look.state == TOUCHED))
              if old.paths[where[i]] != (file_of(items[i]) or "") or tuple(old.boxes[where[i]]) != box_of(items[i])]

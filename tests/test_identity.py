@@ -344,7 +344,7 @@ def test_svm_refuses_descriptors_of_images_that_changed_since(tmp_path, class_fo
     make_image(class_folder / "dog" / "3.png", (250, 240), seed=123)
     r = run("svm", f"folder:{class_folder}", *common)
     assert r.exit_code == 1
-    assert "1 images changed since their Net-T descriptors were computed (first: dog/3.png)" in r.output
+    assert "1 image(s) changed or gone since their Net-T descriptors were computed (first: dog/3.png)" in r.output
     run_hint(r.output)
     assert run("svm", f"folder:{class_folder}", *common).exit_code == 0
 
