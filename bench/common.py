@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -47,7 +48,7 @@ def save_figures(bench: str, fields: dict, path=None, suffix: str = "", machine:
     cpu = cpu_info()
     path = Path(path) if path else FIGURES / f"{cpu_slug(machine or cpu.model)}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"bench": bench, "command": " ".join(["python", f"bench/{os.path.basename(sys.argv[0])}"] + sys.argv[1:]),
+    record = {"bench": bench, "command": shlex.join(["python", f"bench/{os.path.basename(sys.argv[0])}"] + sys.argv[1:]),
               "date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
               "cpu": {"model": cpu.model, "flags": list(cpu.flags), "cores": cpu.cores},
               "threads": torch.get_num_threads(), "torch": torch.__version__}

@@ -105,10 +105,25 @@ def kernels_ab_table(d) -> list[str]:
     return out
 
 
+def identity_table(d) -> list[str]:
+    out = [machine(d) + f"; {d['images']:,} images, {d['bytes'] / 1e6:.0f} MB (`{d['tree']}`)", "",
+           "| per image | µs |", "|---|---|"]
+    out += [f"| {r['what']} | {r['us_per_image']:.1f} |" for r in d["rows"]]
+    out += ["", f"SHA-256 runs at {d['digest_mb_per_s']:.0f} MB/s here, {100 * d['digest_vs_decode']:.1f}% of decoding "
+            f"the image; a first extraction checks the whole tree (hash and header, in threads) in "
+            f"{d['first_survey_s']:.1f} s, a rerun with nothing changed (a stat per image) in {d['rerun_survey_s']:.2f} s."]
+    if "upgrade" in d:
+        u = d["upgrade"]
+        out += ["", f"Upgrading a real cache written by featx 0.5.0 (`{u['cache']}`, {u['size_mb']:.0f} MB): "
+                f"`{u['command']}` took {u['wall_s']:.0f} s wall, weights loading included: {u['summary'].split(': ', 1)[-1]}"]
+    return out
+
+
 KINDS = {"extract": ("Extraction", extract_table), "winograd": ("Winograd experiment", winograd_table),
          "dtype_accuracy": ("bfloat16 accuracy on real images", accuracy_table),
          "memory": ("Resident memory on Caltech-101's many image shapes", memory_table),
-         "kernels_ab": ("Two kernel choices, interleaved", kernels_ab_table)}
+         "kernels_ab": ("Two kernel choices, interleaved", kernels_ab_table),
+         "identity": ("What per-image identity costs", identity_table)}
 
 
 def tables(folder: Path) -> str:
