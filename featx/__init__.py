@@ -18,7 +18,7 @@ _LAZY = {
     "Preprocess": "weights", "CAFFE": "weights", "TORCHVISION": "weights", "load_weights": "weights",
     "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
     "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
-    "cache_path": "paths",
+    "cache_path": "paths", "write_export": "export", "read_export": "export",
 }
 
 __all__ = sorted(_LAZY) + ["aggregate", "fuse", "l2_normalize", "FeatxError", "WeightsError", "ImageError",

@@ -308,6 +308,87 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
                                    "that made the file again: it recomputes exactly those rows")
 
 
+@main.command("export")
+@click.argument("caches", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="FILE.parquet, or a folder for --format npy (descriptors .npy + metadata.csv + export.json).")
+@click.option("--dataset", help="The image set whose caches to export: voc2007, ..., folder:DIR or csv:FILE "
+              "(adds labels and splits).")
+@click.option("--images", type=click.Path(path_type=Path), help="The folder or list of images whose caches to export.")
+@click.option("--net", "nets", default="D", show_default=True, help="[--dataset/--images] D, E or D,E.")
+@click.option("--weights", help="[--dataset/--images] Weight source the caches were computed with (as for extract).")
+@click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
+              help="[--dataset/--images] The type the descriptors were computed in.")
+@click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
+@click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
+@click.option("--split", help="[--dataset] Export the images of these splits only, comma-separated [all].")
+@click.option("--scales", help="Scales to export (as for extract) [every scale the caches share].")
+@click.option("--aggregate", type=click.Choice(["none", "mean", "stack", "max"]), default="none", show_default=True,
+              help="none: one column per net and scale, as cached. mean/stack/max: one column 'descriptor', "
+              "scales aggregated, nets fused, L2-normalised (what featx svm trains on).")
+@click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), help="[from --out: .parquet, else npy]")
+@click.option("--chunk-rows", default=1024, show_default=True, type=click.IntRange(min=1),
+              help="Images read and written at a time (memory stays flat for any size).")
+def export_command(caches, out, dataset, images, nets, weights, dtype, root, cache_dir, split, scales, aggregate,
+                   fmt, chunk_rows):
+    """Write descriptors to Parquet or NumPy, for pandas, DuckDB, FAISS or another language.
+
+    CACHES are cache files (several: nets fused, in the order given); or name the image set
+    with --dataset / --images (and --net, --weights) and its caches are found as featx
+    extract writes them, checked against the images as they are now, with labels and splits.
+
+    \b
+    Examples:
+      featx export --images photos/ --net E --weights caffe --out photos.parquet
+      featx export --dataset folder:pets --net D,E --aggregate stack --out pets.parquet
+      featx export datasets/featx-cache/voc2007/D-torchvision.h5 --format npy --out voc-D/
+
+    \b
+    Read back: pandas.read_parquet(FILE), or in Python featx.read_export(FILE) -> (ids, X).
+    """
+    from .cache import DescriptorCache
+    from .datasets import load_dataset, load_image_list
+    from .export import write_export
+    from .identity import check_current
+    from .paths import cache_path
+    from .update import extract_command
+
+    if bool(caches) + bool(dataset) + bool(images) != 1:
+        raise click.UsageError("give cache files, or --dataset, or --images (one of them)")
+    if split and not dataset:
+        raise click.UsageError("--split applies to --dataset only")
+    scales = parse_scales(scales) if scales else None
+    data, hint, files = None, None, {}
+    if caches:
+        for path in caches:
+            c = DescriptorCache(path)
+            if c.attrs["net"] in files:
+                raise click.UsageError(f"{path} and {files[c.attrs['net']].path} are both Net-{c.attrs['net']} caches")
+            files[c.attrs["net"]] = c
+    else:
+        data = load_image_list(images) if images else load_dataset(dataset, root)
+        nets = parse_nets(nets)
+        weights = parse_per_net(weights or "torchvision", nets)
+        for net in nets:
+            path = cache_path(data, net, weights[net], dtype, cache_dir, root)
+            if path.is_file():
+                files[net] = DescriptorCache(path)
+        shared = sorted(set.intersection(*(set(c.scales) for c in files.values()))) if files else []
+        hint = extract_command(data, nets, scales or shared or (256,), weights, None, dtype, cache_dir, root)
+        for net in nets:
+            if net not in files:
+                raise ConfigError(f"no cached Net-{net} descriptors at "
+                                  f"{cache_path(data, net, weights[net], dtype, cache_dir, root)}; compute them with:\n  {hint}")
+        if split:
+            hint += " --split " + split
+    rows = data.rows_of(split.split(",")) if split else None
+    for net, cache in files.items() if data is not None else ():
+        check_current(cache, data.items, data.ids, rows, hint, log=lambda m: click.echo(m, err=True))
+    summary = write_export(files, out, data, scales, None if aggregate == "none" else aggregate, fmt, chunk_rows,
+                           hint, rows)
+    click.echo(str(summary))
+
+
 # -- featx datasets -----------------------------------------------------------------------------
 
 @main.group()

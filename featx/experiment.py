@@ -79,10 +79,12 @@ class Descriptors:
     recomputes them). cache_dir, root: as for featx.paths.cache_path."""
 
     def __init__(self, data: Dataset, cfg: Config, cache_dir=None, root=None, log=print):
-        from .identity import stale_rows
+        from .identity import check_current
         from .paths import cache_path
+        from .update import extract_command
         self.data, self.cfg = data, cfg
-        self.hint = extract_command(data, cfg, cache_dir, root)
+        self.hint = extract_command(data, cfg.nets, cfg.scales, cfg.weights, cfg.preprocess, cfg.dtype,
+                                    cache_dir, root)
         self.caches, self.rows = {}, {}
         use = data.protocol_rows(cfg.views)  # what the splits read
         for net in cfg.nets:
@@ -103,16 +105,7 @@ class Descriptors:
             if len(absent):
                 raise CacheError(f"{path} has no row for {len(absent)} images of {data.name} (first: "
                                  f"{data.ids[absent[0]]}); compute them with:\n  {self.hint}")
-            if not cache.identified:
-                log(f"note: {path} was written by featx {cache.attrs.get('featx_version')}, before caches "
-                    "recorded each image's identity, so changed images cannot be told; featx extract "
-                    "records them (recomputing nothing)")
-                continue
-            stale = stale_rows(data.items, data.ids, cache.record(), use)
-            if len(stale):
-                raise CacheError(f"{path}: {len(stale)} image(s) changed or gone since their Net-{net} "
-                                 f"descriptors were computed (first: {data.ids[stale[0]]}); compute them again with:\n  "
-                                 f"{self.hint}")
+            check_current(cache, data.items, data.ids, use, self.hint, log)
         missing = {net: c.missing(cfg.scales, self.rows[net][use]) for net, c in self.caches.items()}
         missing = {n: m for n, m in missing.items() if m}
         if missing:
@@ -132,25 +125,6 @@ class Descriptors:
                        for net, c in self.caches.items()]
             views.append(l2_normalize(fuse(*per_net)))
         return views[0] if len(views) == 1 else l2_normalize(fuse(*views))
-
-
-def extract_command(data: Dataset, cfg: Config, cache_dir=None, root=None) -> str:
-    """The featx extract command that computes what this configuration reads, for this image set
-    and cache location (the same rule as every command: featx.paths.cache_path)."""
-    import shlex
-    from .paths import cache_dir as resolve_cache_dir
-    parts = ["featx", "extract", *data.cli, "--net", ",".join(cfg.nets),
-             "--scales", ",".join(map(str, cfg.scales)),
-             "--weights", ",".join(f"{n}={cfg.weights.get(n, 'torchvision')}" for n in cfg.nets)]
-    given = {n: p for n, p in cfg.preprocess.items() if p and n in cfg.nets}
-    if given:
-        parts += ["--preprocess", ",".join(f"{n}={p}" for n, p in given.items())]
-    where = resolve_cache_dir(cache_dir, root)
-    if where.resolve() != resolve_cache_dir(None, root if "--root" in data.cli else None).resolve():
-        parts += ["--cache-dir", str(where.resolve())]
-    if cfg.dtype != "float32":
-        parts += ["--dtype", cfg.dtype]
-    return shlex.join(parts)
 
 
 def _subset(X_all: np.ndarray, all_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:

@@ -245,6 +245,22 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
                   int(hash_it.sum()))
 
 
+def check_current(cache, items, ids, rows, hint: str, log=print) -> None:
+    """Refuse (CacheError, with `hint`: the command that recomputes them) a cache's descriptors
+    of images of the set (among `rows`) that changed or are gone since they were computed. A
+    cache made before featx 0.6 records no images: `log` says so, and nothing is refused."""
+    from .errors import CacheError
+    if not cache.identified:
+        log(f"note: {cache.path} was written by featx {cache.attrs.get('featx_version')}, before caches "
+            "recorded each image's identity, so changed images cannot be told; featx extract "
+            "records them (recomputing nothing)")
+        return
+    stale = stale_rows(items, ids, cache.record(), rows)
+    if len(stale):
+        raise CacheError(f"{cache.path}: {len(stale)} image(s) changed or gone since their Net-{cache.attrs.get('net')} "
+                         f"descriptors were computed (first: {ids[stale[0]]}); compute them again with:\n  {hint}")
+
+
 def stale_rows(items, ids, record: Record, rows) -> np.ndarray:
     """Rows of the set (among `rows`) whose image is no longer what its descriptors were
     computed from (changed or gone); nothing is written. A pre-0.6 record tells nothing."""

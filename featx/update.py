@@ -313,6 +313,25 @@ def prune(path) -> int:
         lock.release()
 
 
+def extract_command(data, nets, scales, weights: dict, preprocess: dict | None = None, dtype: str = "float32",
+                    cache_dir=None, root=None) -> str:
+    """The featx extract command that computes these descriptors of an image set (a Dataset or
+    ImageSet: its `cli` names it) where featx.paths.cache_path finds them, for hints."""
+    import shlex
+    from .paths import cache_dir as resolve_cache_dir
+    parts = ["featx", "extract", *data.cli, "--net", ",".join(nets), "--scales", ",".join(map(str, scales)),
+             "--weights", ",".join(f"{n}={weights.get(n, 'torchvision')}" for n in nets)]
+    given = {n: p for n, p in (preprocess or {}).items() if p and n in nets}
+    if given:
+        parts += ["--preprocess", ",".join(f"{n}={p}" for n, p in given.items())]
+    where = resolve_cache_dir(cache_dir, root)
+    if where.resolve() != resolve_cache_dir(None, root if "--root" in data.cli else None).resolve():
+        parts += ["--cache-dir", str(where.resolve())]
+    if dtype != "float32":
+        parts += ["--dtype", dtype]
+    return shlex.join(parts)
+
+
 def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], weights: dict,
                   preprocess: dict | None = None, rows=None, strict: bool = False, progress: bool = True,
                   engine: str = "local", log: Callable = print, source: str = "", retry_failed: bool = False,
