@@ -119,11 +119,25 @@ def identity_table(d) -> list[str]:
     return out
 
 
+def export_table(d) -> list[str]:
+    out = [machine(d) + f"; `{' '.join(d['caches'])}`", "",
+           "| format | chunk (images) | wall | peak RSS | written |", "|---|---|---|---|---|"]
+    out += [f"| {r['format']} | {r['chunk_rows']:,} | {r['seconds']:.1f} s | {r['peak_mib']:.0f} MiB | "
+            f"{r['written_mb']:.1f} MB |" for r in d["rows"]]
+    out += ["", f"A process that only opens the cache peaks at {d['baseline']['peak_mib']:.0f} MiB. At 1,024 "
+            "images a chunk, the peak as the export grows: " + ", ".join(
+                f"{g['images']:,} images {g['peak_mib']:.0f} MiB" for g in d["growth"])
+            + f". Read back with pandas: {d['rows_read_back']:,} rows, "
+            + ("equal to the cache bit for bit." if d["equal_to_cache"] else "NOT equal to the cache.")]
+    return out
+
+
 KINDS = {"extract": ("Extraction", extract_table), "winograd": ("Winograd experiment", winograd_table),
          "dtype_accuracy": ("bfloat16 accuracy on real images", accuracy_table),
          "memory": ("Resident memory on Caltech-101's many image shapes", memory_table),
          "kernels_ab": ("Two kernel choices, interleaved", kernels_ab_table),
-         "identity": ("What per-image identity costs", identity_table)}
+         "identity": ("What per-image identity costs", identity_table),
+         "export": ("featx export", export_table)}
 
 
 def tables(folder: Path) -> str:

@@ -10,7 +10,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.mark.parametrize("script", ["extract.py", "classifiers.py", "end_to_end.py", "engines.py", "winograd.py", "memory.py",
-                                    "kernels_ab.py", "identity.py"])
+                                    "kernels_ab.py", "identity.py", "export.py"])
 def test_bench_script_smoke(script, tmp_path):
     if script == "engines.py":
         pytest.importorskip("ray.data", reason="the engines benchmark needs pip install 'featx[ray]'")
