@@ -519,52 +519,72 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
 @main.command()
 @click.argument("model", type=click.Path(exists=True, path_type=Path))
 @click.argument("images", nargs=-1, required=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="table: one line per image, its best classes. csv / json: one record per image (path, "
+              "predicted label(s), the score of every class or of the --top best, error).")
+@click.option("--top", "--top-k", "top", type=click.IntRange(min=1),
+              help="Classes shown per image [table: 3; csv/json: every class].")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--top", default=3, show_default=True, help="Classes shown per image.")
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--cache-dir", help="Where a folder's caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def predict(model, images, device, top, root, cache_dir, quiet):
+def predict(model, images, fmt, top, device, root, cache_dir, quiet):
     """Apply classifiers saved by `featx svm` to new images.
 
     MODEL is RUN.model.json (or RUN.joblib / RUN.model.npz beside it) in the results folder:
     the classifier of the run's first split and the descriptor it was trained on (same nets,
     weights, scales, aggregation), read as JSON and plain arrays: nothing is unpickled, so a
-    model file from elsewhere cannot run code. Shown: the best-scoring classes, SVM scores.
+    model file from elsewhere cannot run code. Scores are the SVMs' (positive: the class).
 
-    IMAGES are image files, or folders: a folder's images go through its descriptor caches
-    (the same files featx extract --images FOLDER writes), so predicting on it again computes
-    only its new or changed images.
+    IMAGES are image files, folders (searched recursively) and list files (one path per line).
+    A folder's or list's images go through its descriptor caches (the files featx extract
+    --images writes), so predicting on it again computes only its new or changed images. An
+    image that cannot be read is a row with its error; the others are still predicted.
+
+    \b
+    Examples:
+      featx predict results/pets/E-256-512x3-stack.model.json new_photos/ --format csv > out.csv
+      featx predict RUN.model.json a.jpg b.jpg --top 1
     """
-    from .datasets import load_image_list
-    from .model import check_weights, load_model, read_model_record, scores_of_image_set
+    import csv
+    import json
+    import sys
+
+    from .model import load_model, predict_images, read_model_record
 
     record = read_model_record(model)
     if record["descriptor"].get("setting") == "image+box":
         raise ConfigError(f"{model}: this model needs person boxes (image+box); predict takes whole images only")
     pipeline = load_model(model, device=device)
-    classes = pipeline.named_steps["svm"].classes_
-    names = record["classes"]
-
-    def show(paths, scores):
-        if scores.ndim == 1:  # two classes: one score, positive for the second
-            scores = np.stack([-scores, scores], axis=1)
-        for path, s in zip(paths, np.atleast_2d(scores)):
-            best = np.argsort(-s)[:top]
-            click.echo(f"{path}: " + ", ".join(f"{names[int(classes[c])] if classes.dtype.kind in 'iu' else classes[c]}"
-                                              f" {s[c]:+.2f}" for c in best))
-
-    files = [i for i in images if not Path(i).is_dir()]
-    if files:
-        check_weights(pipeline, record)
-        show(files, pipeline.decision_function(files))
-    for folder in (Path(i) for i in images if Path(i).is_dir()):
-        data = load_image_list(folder)
-        ids, scores, failed = scores_of_image_set(record, pipeline, data, cache_dir, root, device,
-                                                  progress=not quiet, log=lambda m: click.echo(m, err=True))
-        show([str(folder / i) for i in ids], scores)
-        for i, reason in failed.items():
-            click.echo(f"{folder / i}: failed: {reason}")
+    multilabel = bool(record["classifier"]["multilabel"])
+    predictions = predict_images(record, pipeline, images, cache_dir, root, device, progress=not quiet,
+                                 log=lambda m: click.echo(m, err=True))
+    k = top or (3 if fmt == "table" else len(record["classes"]))
+    if fmt == "table":
+        for p in predictions:
+            click.echo(f"{p.path}: " + (", ".join(f"{c} {v:+.2f}" for c, v in p.top(k)) if p.scores is not None
+                                       else f"failed: {p.error}"))
+    elif fmt == "json":
+        click.echo(json.dumps([{"path": p.path, "predicted": p.labels(multilabel),
+                                "scores": dict(p.top(k)) if p.scores is not None else None,
+                                "error": p.error or None} for p in predictions], indent=1))
+    else:
+        w = csv.writer(sys.stdout, lineterminator="\n")
+        if top:  # the k best: label and score of each
+            w.writerow(["path", "predicted", *(f"{x}_{i + 1}" for i in range(k) for x in ("label", "score")), "error"])
+            for p in predictions:
+                best = p.top(k)
+                w.writerow([p.path, ";".join(p.labels(multilabel)),
+                            *(v for i in range(k) for v in (best[i] if i < len(best) else ("", ""))), p.error])
+        else:  # every class's score, a column each
+            w.writerow(["path", "predicted", *record["classes"], "error"])
+            for p in predictions:
+                w.writerow([p.path, ";".join(p.labels(multilabel)),
+                            *((p.scores[c] for c in record["classes"]) if p.scores is not None else [""] * len(record["classes"])),
+                            p.error])
+    failed = sum(p.scores is None for p in predictions)
+    if failed:
+        click.echo(f"{failed} of {len(predictions)} image(s) could not be read (their rows say why)", err=True)
 
 
 # -- featx demo ---------------------------------------------------------------------------------

@@ -250,6 +250,19 @@ class Extractor:
             out[batch.indices, self.scales.index(batch.scale)] = batch.descriptors
         return out
 
+    def extract_readable(self, images: Sequence) -> tuple[np.ndarray, dict]:
+        """As `extract`, but an image that cannot be read is its own failure, not the call's:
+        (descriptors with NaN rows for those, {index: reason})."""
+        from .images import read_sizes
+        images = list(images)
+        sizes, failures = read_sizes(images, self.workers)
+        out = np.full((len(images), len(self.scales), self.dim), np.nan, np.float32)
+        for batch in self.iter_batches(images, sizes):
+            failures.update(batch.failures)
+            out[batch.indices, self.scales.index(batch.scale)] = batch.descriptors
+        out[list(failures)] = np.nan  # failed at one scale: no descriptor at all
+        return out, failures
+
     def plan(self, sizes: Sequence, scales=None, skip=None) -> list[tuple[int, list[np.ndarray]]]:
         """[(Q, [row indices of each forward pass])]: the batches iter_batches runs, scale by
         scale; every engine runs this same plan, so they all give the same numbers."""

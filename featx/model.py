@@ -13,6 +13,7 @@ so `featx predict` never unpickles anything: a model file from someone else cann
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,74 @@ def load_model(path, device="auto"):
     return Pipeline([("vgg", vgg), ("svm", svm)])
 
 
+@dataclass
+class Prediction:
+    """One image under a saved model: its SVM score per class (in the record's class order), or
+    why it could not be read."""
+
+    path: str
+    scores: dict | None  # class name -> score; None where the image failed
+    error: str = ""
+
+    def labels(self, multilabel: bool) -> list[str]:
+        """The predicted class (the best score), or for a multi-label model every class whose
+        score is positive."""
+        if self.scores is None:
+            return []
+        if multilabel:
+            return [c for c, v in self.scores.items() if v > 0]
+        return [max(self.scores, key=self.scores.get)]
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        return sorted(((c, v) for c, v in (self.scores or {}).items()), key=lambda cv: -cv[1])[:k]
+
+
+def _by_class(record: dict, svm, scores: np.ndarray) -> list[dict]:
+    """SVM scores (n, n_svm_classes), or (n,) for two classes, as {class name: score} per image."""
+    if scores.ndim == 1:  # two classes: one score, positive for the second
+        scores = np.stack([-scores, scores], axis=1)
+    names = [record["classes"][int(c)] if np.asarray(svm.classes_).dtype.kind in "iu" else str(c)
+             for c in svm.classes_]
+    return [dict(zip(names, map(float, row))) for row in np.atleast_2d(scores)]
+
+
+def predict_images(record: dict, pipeline, inputs, cache_dir=None, root=None, device="auto",
+                   progress: bool = True, log=print) -> list[Prediction]:
+    """A saved model applied to image files, folders (searched recursively) and list files
+    (one path per line); one Prediction per image, in the order given, failures included.
+
+    A folder's or list's images go through that set's descriptor caches (featx.paths.cache_path,
+    as featx extract --images writes them): what they lack is computed first, and a second run
+    computes only new or changed images. Loose image files are computed directly."""
+    from .datasets import load_image_list
+    from .images import IMAGE_EXTENSIONS
+    svm = pipeline.named_steps["svm"]
+    out, files = [], []
+
+    def flush():
+        if not files:
+            return
+        check_weights(pipeline, record)
+        X, ok, failed = pipeline.named_steps["vgg"].transform_readable(files)
+        scores = iter(_by_class(record, svm, svm.decision_function(X)) if len(ok) else [])
+        out.extend(Prediction(f, None, failed[i]) if i in failed else Prediction(f, next(scores))
+                   for i, f in enumerate(files))
+        files.clear()
+
+    for item in map(Path, inputs):
+        if item.is_file() and item.suffix.lower() in IMAGE_EXTENSIONS or not item.exists():
+            files.append(str(item))  # a missing file is that image's failure
+            continue
+        flush()
+        data = load_image_list(item)
+        ids, scores, failed = scores_of_image_set(record, pipeline, data, cache_dir, root, device, progress, log)
+        scored = dict(zip(ids, _by_class(record, svm, scores) if len(ids) else []))
+        out.extend(Prediction(p, scored[i]) if i in scored else Prediction(p, None, failed[i])
+                   for i, p in zip(data.ids, data.items))
+    flush()
+    return out
+
+
 def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=None, device="auto",
                         progress: bool = True, log=print):
     """A saved model's scores for every image of an image set (featx.datasets.ImageSet), through
@@ -136,8 +205,8 @@ def check_weights(pipeline, record: dict) -> None:
     """Refuse to predict with weights other than those the classifier was trained on."""
     vgg = pipeline.named_steps["vgg"]
     for net, want in (record["descriptor"].get("weights_digest") or {}).items():
-        got = vgg._extractor(net).weights.digest
+        got = vgg.weights_digest(net)
         if want and got != want:
-            raise ConfigError(f"the Net-{net} weights found now ({vgg._extractor(net).weights.path or got}) "
-                              "are not the ones this classifier was trained on (their tensors differ); "
-                              "give the same weights")
+            source = vgg.weights.get(net) if isinstance(vgg.weights, dict) else vgg.weights
+            raise ConfigError(f"the Net-{net} weights found now ({source}) are not the ones this classifier was "
+                              "trained on (their tensors differ); give the same weights")

@@ -8,11 +8,11 @@ would otherwise extract the same images for every candidate.
 """
 from __future__ import annotations
 
-from .errors import ConfigError
-
+import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from .aggregate import AGGREGATIONS, aggregate, fuse, l2_normalize
+from .errors import ConfigError
 from .extract import Extractor
 
 
@@ -51,6 +51,24 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
         self.fit()
         parts = [aggregate(self._extractor(net).extract(list(X)), self.aggregate) for net in self.nets]
         return l2_normalize(fuse(*parts))
+
+    def transform_readable(self, X):
+        """As `transform`, but images that cannot be read are left out rather than raised:
+        (descriptors of the readable ones, their indices in X, {index: reason} for the others)."""
+        self.fit()
+        X = list(X)
+        failures, per_net = {}, []
+        for net in self.nets:
+            d, failed = self._extractor(net).extract_readable(X)
+            failures.update(failed)
+            per_net.append(d)
+        ok = np.asarray([i for i in range(len(X)) if i not in failures], dtype=np.int64)
+        parts = [aggregate(d[ok], self.aggregate) for d in per_net]
+        return l2_normalize(fuse(*parts)), ok, failures
+
+    def weights_digest(self, net) -> str:
+        """The tensor digest of the weights this descriptor loads for a net (they load once)."""
+        return self._extractor(net).weights.digest
 
     def _extractor(self, net) -> Extractor:
         # Built once per parameter set and reused across transform calls (weights load once);

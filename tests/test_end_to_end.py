@@ -40,6 +40,10 @@ def test_voc2007_extract_then_svm(tmp_path):
     img = tmp_path / "voc2007" / "VOCdevkit" / "VOC2007" / "JPEGImages" / "000001.jpg"
     r = run("predict", out / "T-224-256x2-mean.joblib", img, "--top", "2")
     assert r.exit_code == 0 and r.output.startswith(f"{img}: ") and r.output.count(",") == 1
+    r = run("predict", out / "T-224-256x2-mean.model.json", img, "--format", "json")
+    record, = json.loads(r.stdout)
+    assert len(record["scores"]) == 20  # multi-label: every class whose score is positive is predicted
+    assert record["predicted"] == [c for c, v in record["scores"].items() if v > 0]
 
 
 def test_caltech_extract_then_svm(tmp_path):
