@@ -4,7 +4,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import numpy as np
 
 from .errors import ConfigError, FeatxError
 from .paths import COMPUTE_TYPES
