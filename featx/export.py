@@ -107,11 +107,11 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
     ok = np.zeros(len(ids), bool)
     ok[np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)] = True
     asked = ok.copy()
-    rows = {net: c.lookup(ids) for net, c in caches.items()}
+    where = {net: c.lookup(ids) for net, c in caches.items()}  # each image's row in each cache
     for net, c in caches.items():
-        ok &= rows[net] >= 0
+        ok &= where[net] >= 0
         for q in scales:
-            ok[ok] &= c.status(q)[rows[net][ok]] == DONE
+            ok[ok] &= c.status(q)[where[net][ok]] == DONE
     errors = {i: e for c in caches.values() for i, e in c.errors().items()}
     skipped = {ids[i]: errors.get(ids[i], "not computed") for i in np.flatnonzero(asked & ~ok)}
     todo = [i for i, why in skipped.items() if why == "not computed"]
@@ -130,7 +130,7 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
         """(chunk of kept rows, {column: (rows, dim) float32}) in order."""
         for k in range(0, len(keep), chunk_rows):
             sel = keep[k:k + chunk_rows]
-            per_net = {net: c.load(scales, rows=rows[net][sel]) for net, c in caches.items()}
+            per_net = {net: c.load(scales, rows=where[net][sel]) for net, c in caches.items()}
             if aggregate is None:
                 yield sel, {f"{net}@{q}": x[:, j] for net, x in per_net.items() for j, q in enumerate(scales)}
             else:
