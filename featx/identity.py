@@ -130,7 +130,6 @@ class Survey:
     errors: dict  # {row: reason} images that cannot be read now (header read)
     transient: set  # rows of `errors` whose failure may pass (not found, I/O error)
     retry: np.ndarray  # (n,) bool: failed rows to try again (failure transient, or asked)
-    moved: np.ndarray  # (n,) bool: same bytes read from another path than the record's
     hashed: int = 0  # files read and hashed by this survey
 
     @property
@@ -162,7 +161,7 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
     sigs = np.full((n, 3), -1, np.int64)
     digests = np.full(n, b"", dtype="S64")
     sizes = np.full((n, 2), -1, np.int32)
-    retry, moved = np.zeros(n, bool), np.zeros(n, bool)
+    retry = np.zeros(n, bool)
     by_digest = np.zeros(n, bool)  # to be decided by the file's digest (a legacy row's: its size)
     for i in rows:
         item, r = items[i], where[i]
@@ -171,16 +170,14 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
         if r < 0:
             state[i] = NEW
             continue
-        rec_sig = tuple(record.signatures[r])
+        rec_sig, path = tuple(record.signatures[r]), file_of(item)
         failed = bool(record.errors[r])
         if tuple(record.boxes[r]) != box_of(item):
             state[i] = CHANGED  # another crop of the image
         elif now is None:  # no file now: still missing (a recorded failure), or gone
             state[i] = SAME if failed and (record.legacy or rec_sig == NO_FILE) else CHANGED
-        elif (record.legacy or rec_sig != now or record.paths[r] != (file_of(item) or "")
-              or file_of(item) is None):  # bytes in memory have no times: always hashed
-            by_digest[i] = True
-            moved[i] = record.paths[r] != (file_of(item) or "")
+        elif record.legacy or rec_sig != now or path is None or record.paths[r] != path:
+            by_digest[i] = True  # (bytes in memory, path None, have no times: always hashed)
         elif not record.digests[r]:  # its bytes could not be read: a failed row tries again
             state[i] = TOUCHED if failed else CHANGED
         if failed and state[i] != CHANGED and (
@@ -241,8 +238,7 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
                 same = "digest" in out and out["digest"] == bytes(record.digests[r])
             state[i] = TOUCHED if same else CHANGED
             retry[i] &= same
-    return Survey(state, where, sigs, digests, sizes, errors, transient, retry, moved & (state == TOUCHED),
-                  int(hash_it.sum()))
+    return Survey(state, where, sigs, digests, sizes, errors, transient, retry, int(hash_it.sum()))
 
 
 def check_current(cache, items, ids, rows, hint: str, log=print) -> None:
