@@ -27,6 +27,12 @@ def fuse(*descriptors: np.ndarray) -> np.ndarray:
     return np.concatenate(descriptors, axis=1)
 
 
+def combine(per_net, how: str = "mean") -> np.ndarray:
+    """The image descriptor: each net's (n, n_scales, d) aggregated across scales, the nets
+    fused, L2-normalised (what the SVMs see)."""
+    return l2_normalize(fuse(*(aggregate(x, how) for x in per_net)))
+
+
 def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Each row divided by its L2 norm (rows of zeros stay zero)."""
     x = np.asarray(x, dtype=np.float32)

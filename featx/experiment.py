@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .aggregate import aggregate, fuse, l2_normalize
+from .aggregate import combine, fuse, l2_normalize
 from .cache import DescriptorCache
 from .classifiers import OneVsRestSVM
 from .datasets import Dataset
@@ -121,9 +121,8 @@ class Descriptors:
         views = []
         for view in self.views:
             rows = self.data.views[view][samples]
-            per_net = [aggregate(c.load(self.cfg.scales, rows=self.rows[net][rows]), self.cfg.aggregate)
-                       for net, c in self.caches.items()]
-            views.append(l2_normalize(fuse(*per_net)))
+            views.append(combine((c.load(self.cfg.scales, rows=self.rows[net][rows]) for net, c in self.caches.items()),
+                                 self.cfg.aggregate))
         return views[0] if len(views) == 1 else l2_normalize(fuse(*views))
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import AGGREGATIONS, aggregate as aggregate_scales, fuse, l2_normalize
+from .aggregate import AGGREGATIONS, combine
 from .cache import DONE, DescriptorCache
 from .errors import CacheError, ConfigError
 
@@ -134,8 +134,7 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
             if aggregate is None:
                 yield sel, {f"{net}@{q}": x[:, j] for net, x in per_net.items() for j, q in enumerate(scales)}
             else:
-                yield sel, {"descriptor": l2_normalize(fuse(*(aggregate_scales(x, aggregate)
-                                                              for x in per_net.values())))}
+                yield sel, {"descriptor": combine(per_net.values(), aggregate)}
 
     dims = ({f"{net}@{q}": c.dim for net, c in caches.items() for q in scales} if aggregate is None else
             {"descriptor": sum(c.dim * (len(scales) if aggregate == "stack" else 1) for c in caches.values())})

@@ -169,7 +169,7 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
 
     Returns (ids, scores (n, n_classes) or (n,) for two classes, {id: reason} for the images
     that could not be read)."""
-    from .aggregate import aggregate, fuse, l2_normalize
+    from .aggregate import combine
     from .cache import DONE, DescriptorCache
     from .paths import cache_path
     from .update import update_caches
@@ -196,8 +196,7 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
     failed = {i: errors.get(i, "no descriptor") for i, good in zip(images.ids, ok) if not good}
     if not ok.any():
         return [], np.empty((0, len(record["classes"]))), failed
-    X = l2_normalize(fuse(*[aggregate(caches[net].load(scales, rows=rows[net][ok]), d["aggregate"])
-                            for net in nets]))
+    X = combine((caches[net].load(scales, rows=rows[net][ok]) for net in nets), d["aggregate"])
     return [i for i, good in zip(images.ids, ok) if good], pipeline.named_steps["svm"].decision_function(X), failed
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .aggregate import AGGREGATIONS, aggregate, fuse, l2_normalize
+from .aggregate import AGGREGATIONS, combine
 from .errors import ConfigError
 from .extract import Extractor
 
@@ -49,8 +49,7 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
 
     def transform(self, X):
         self.fit()
-        parts = [aggregate(self._extractor(net).extract(list(X)), self.aggregate) for net in self.nets]
-        return l2_normalize(fuse(*parts))
+        return combine((self._extractor(net).extract(list(X)) for net in self.nets), self.aggregate)
 
     def transform_readable(self, X):
         """As `transform`, but images that cannot be read are left out rather than raised:
@@ -63,8 +62,7 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
             failures.update(failed)
             per_net.append(d)
         ok = np.asarray([i for i in range(len(X)) if i not in failures], dtype=np.int64)
-        parts = [aggregate(d[ok], self.aggregate) for d in per_net]
-        return l2_normalize(fuse(*parts)), ok, failures
+        return combine((d[ok] for d in per_net), self.aggregate), ok, failures
 
     def weights_digest(self, net) -> str:
         """The tensor digest of the weights this descriptor loads for a net (they load once)."""

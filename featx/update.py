@@ -146,7 +146,7 @@ def _provenance(ex) -> dict:
                 featx_version=__version__, torch_version=torch.__version__)
 
 
-def _record_images(path: Path, cache, items, ids, look: Survey, provenance: dict, scales, dim: int,
+def _record_images(path: Path, cache, record, items, ids, look: Survey, provenance: dict, scales, dim: int,
                    name: str, source: str, summary: Summary) -> np.ndarray:
     """Bring the file's per-row record up to what the survey saw; returns each image's row.
 
@@ -154,7 +154,7 @@ def _record_images(path: Path, cache, items, ids, look: Survey, provenance: dict
     structure: one atomic rewrite. Otherwise in place, in an order a kill cannot exploit: the
     rows of changed images are 'to do' before their new identity is on record (a kill in
     between leaves rows that are simply computed again)."""
-    old = cache.record() if cache is not None else Record.blank([])
+    old = record if record is not None else Record.blank([])
     new = look.new
     where = look.where.copy()
     where[new] = len(old) + np.arange(len(new))
@@ -234,12 +234,12 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
         if diff:
             raise CacheError(f"{path} was computed with other settings, refusing to mix:\n  "
                              + "\n  ".join(diff) + "\nuse another --cache-dir / --out, or delete the file")
-    look = survey(items, ids, cache.record() if cache is not None else None, retry_failed=retry_failed,
-                  workers=ex.workers, progress=progress)
+    record = cache.record() if cache is not None else None
+    look = survey(items, ids, record, retry_failed=retry_failed, workers=ex.workers, progress=progress)
     if strict and look.errors:
         raise ImageError(next(iter(look.errors.values())))
     summary = Summary(path)
-    where = _record_images(path, cache, items, ids, look, provenance, scales, ex.dim, name, source, summary)
+    where = _record_images(path, cache, record, items, ids, look, provenance, scales, ex.dim, name, source, summary)
     n = (len(cache) if cache is not None else 0) + len(look.new)
     summary.absent = n - len(ids)
     # The extractor reads the file's rows: an image set's images where they are, rows of
