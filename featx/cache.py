@@ -326,6 +326,21 @@ class DescriptorCache:
         return out
 
 
+def usable_rows(caches: dict, ids, scales, asked=None) -> tuple[dict, np.ndarray, dict]:
+    """Which images (ids) have a descriptor in every cache ({net: DescriptorCache}) at every
+    scale: ({net: each id's row, -1 where it has none}, ok mask, {id: why not} for those asked
+    (a mask; all ids when None) that are not ok: the failure on record, or 'not computed')."""
+    where = {net: c.lookup(ids) for net, c in caches.items()}
+    ok = np.ones(len(ids), bool) if asked is None else np.asarray(asked, bool).copy()
+    asked = ok.copy()
+    for net, c in caches.items():
+        ok &= where[net] >= 0
+        for q in scales:
+            ok[ok] &= c.status(q)[where[net][ok]] == DONE
+    errors = {i: e for c in caches.values() for i, e in c.errors().items()}
+    return where, ok, {ids[i]: errors.get(ids[i], "not computed") for i in np.flatnonzero(asked & ~ok)}
+
+
 def corrupt_rows(group, rows=None, chunk_rows: int = 2048) -> np.ndarray:
     """Rows marked done in a scale's group whose bytes fail their checksum (among `rows`)."""
     status = group["status"][()]

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .aggregate import AGGREGATIONS, combine
-from .cache import DONE, DescriptorCache
+from .cache import DescriptorCache, usable_rows
 from .errors import CacheError, ConfigError
 
 FORMATS = ("parquet", "npy")
@@ -104,16 +104,9 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
     ids = list(images.ids) if images is not None else list(first.ids)
     paths = list(images.items) if images is not None else first.record().paths
     label, splits = _labels_and_splits(images, len(ids)) if images is not None else (None, None)
-    ok = np.zeros(len(ids), bool)
-    ok[np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)] = True
-    asked = ok.copy()
-    where = {net: c.lookup(ids) for net, c in caches.items()}  # each image's row in each cache
-    for net, c in caches.items():
-        ok &= where[net] >= 0
-        for q in scales:
-            ok[ok] &= c.status(q)[where[net][ok]] == DONE
-    errors = {i: e for c in caches.values() for i, e in c.errors().items()}
-    skipped = {ids[i]: errors.get(ids[i], "not computed") for i in np.flatnonzero(asked & ~ok)}
+    asked = np.zeros(len(ids), bool)
+    asked[np.arange(len(ids)) if rows is None else np.asarray(rows, dtype=np.int64)] = True
+    where, ok, skipped = usable_rows(caches, ids, scales, asked)  # each image's row in each cache
     todo = [i for i, why in skipped.items() if why == "not computed"]
     if hint and todo:
         raise CacheError(f"{len(todo)} image(s) have no descriptor yet (first: {todo[0]}); compute them "

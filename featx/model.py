@@ -170,7 +170,7 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
     Returns (ids, scores (n, n_classes) or (n,) for two classes, {id: reason} for the images
     that could not be read)."""
     from .aggregate import combine
-    from .cache import DONE, DescriptorCache
+    from .cache import DescriptorCache, usable_rows
     from .paths import cache_path
     from .update import update_caches
 
@@ -187,13 +187,7 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
         if want and caches[net].attrs.get("weights_digest") != want:
             raise ConfigError(f"{path_for[net]} was computed with other Net-{net} weights than this "
                               "classifier was trained on (their tensors differ)")
-    rows = {net: c.rows(images.ids) for net, c in caches.items()}
-    ok = np.ones(len(images.ids), bool)
-    for net, c in caches.items():
-        for q in scales:
-            ok &= c.status(q)[rows[net]] == DONE
-    errors = caches[nets[0]].errors()
-    failed = {i: errors.get(i, "no descriptor") for i, good in zip(images.ids, ok) if not good}
+    rows, ok, failed = usable_rows(caches, images.ids, scales)
     if not ok.any():
         return [], np.empty((0, len(record["classes"]))), failed
     X = combine((caches[net].load(scales, rows=rows[net][ok]) for net in nets), d["aggregate"])
