@@ -3,7 +3,6 @@ figure files of results/bench/ (one per machine and benchmark, read by bench/tab
 import json
 import os
 import platform
-import re
 import shlex
 import sys
 import time
@@ -35,8 +34,9 @@ FIGURES = Path(__file__).resolve().parent.parent / "results" / "bench"
 
 
 def cpu_slug(model: str) -> str:
-    """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of a machine's figures."""
-    return re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-") or "unknown-cpu"
+    """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of a machine's figures (featx's rule)."""
+    from featx.kernels import CpuInfo
+    return CpuInfo(model, (), 1).slug
 
 
 def save_figures(bench: str, fields: dict, path=None, suffix: str = "", machine: str | None = None) -> Path:

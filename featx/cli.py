@@ -59,7 +59,7 @@ def parse_scales(text: str) -> tuple[int, ...]:
 
 
 def parse_nets(text: str) -> list[str]:
-    from .nets import get_spec
+    from .specs import get_spec
     try:
         nets = [get_spec(n.strip()).name for n in text.split(",") if n.strip()]
     except ConfigError as e:
@@ -457,7 +457,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     """Train one-vs-rest linear SVMs on cached descriptors and evaluate by the paper's protocol.
 
     \b
-    Protocols (SPEC.md section 4):
+    Protocols (docs/protocol.md section 4):
       voc2007            C on train->val, refit trainval, test mAP (11-point AP; area AP too)
       voc2012            C inside train, refit train, VAL mAP (test labels are withheld)
       voc2012-action     as voc2012; --setting image or image+box
@@ -523,17 +523,22 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
               "predicted label(s), the score of every class or of the --top best, error).")
 @click.option("--top", "--top-k", "top", type=click.IntRange(min=1),
               help="Classes shown per image [table: 3; csv/json: every class].")
+@click.option("--weights", help="A local copy of the weights the model was trained with: FILE, or "
+              "per net E=FILE (checked against the model's digest). Needed where the model's weights "
+              "came from a file featx has not loaded on this machine; named sources (torchvision, "
+              "caffe) are found as featx extract finds them.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--cache-dir", help="Where a folder's caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-def predict(model, images, fmt, top, device, root, cache_dir, quiet):
+def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
     """Apply classifiers saved by `featx svm` to new images.
 
     MODEL is RUN.model.json (or RUN.joblib / RUN.model.npz beside it) in the results folder:
-    the classifier of the run's first split and the descriptor it was trained on (same nets,
-    weights, scales, aggregation), read as JSON and plain arrays: nothing is unpickled, so a
-    model file from elsewhere cannot run code. Scores are the SVMs' (positive: the class).
+    the classifiers fit on every labelled image of the run with the validated C, and the
+    descriptor they were trained on (nets, weights by source and digest, scales, aggregation,
+    compute type), read as JSON and plain arrays: nothing is unpickled, so a model file from
+    elsewhere cannot run code. Scores are the SVMs' (positive: the class).
 
     IMAGES are image files, folders (searched recursively) and list files (one path per line).
     A folder's or list's images go through its descriptor caches (the files featx extract
@@ -544,6 +549,7 @@ def predict(model, images, fmt, top, device, root, cache_dir, quiet):
     Examples:
       featx predict results/pets/E-256-512x3-stack.model.json new_photos/ --format csv > out.csv
       featx predict RUN.model.json a.jpg b.jpg --top 1
+      featx predict RUN.model.json photos/ --weights E=~/weights/vgg19_caffe.pth
     """
     import csv
     import json
@@ -554,7 +560,8 @@ def predict(model, images, fmt, top, device, root, cache_dir, quiet):
     record = read_model_record(model)
     if record["descriptor"].get("setting") == "image+box":
         raise ConfigError(f"{model}: this model needs person boxes (image+box); predict takes whole images only")
-    pipeline = load_model(model, device=device)
+    local = parse_per_net(weights, list(record["descriptor"]["nets"])) if weights else None
+    pipeline = load_model(model, device=device, weights=local)
     multilabel = bool(record["classifier"]["multilabel"])
     predictions = predict_images(record, pipeline, images, cache_dir, root, device, progress=not quiet,
                                  log=lambda m: click.echo(m, err=True))
@@ -642,8 +649,8 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
               "a run in another type never replaces a float32 result.")
 @click.option("--batch-size", default=8, show_default=True)
 @click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True)
-@click.option("--gflops", type=float, help="Throughput for --dry-run's time estimate [measured: 70% of "
-              "this device's matrix-multiply rate].")
+@click.option("--gflops", type=float, help="Throughput for --dry-run's time estimate [each cache's own "
+              "measured rate, else this CPU model's bench figures, else a one-second measurement].")
 @click.option("--local-weights", help="Read a net's weight source from a file you have instead of "
               "the hub cache: NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth (offline copies of the authors' "
               "weights); comma-separated for both nets. Caches and results keep the source's name.")
@@ -664,12 +671,12 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce all --device cuda
     """
     from .cache import being_written
-    from .cost import extraction_efficiency, format_duration, matmul_gflops, tflop
+    from .cost import format_duration, tflop
     from .extract import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
     from .pipeline import all_pipelines, select
     from .report import write_report
-    from .reproduce import parse_local_weights, plan, reproduce as run_pipelines, total_seconds
+    from .reproduce import parse_local_weights, plan, reproduce as run_pipelines
 
     folder = pipelines_dir(pipelines_option)
     chosen = select(targets or ("table11", "table12"), folder)
@@ -677,26 +684,30 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     files = parse_local_weights(local_weights)
     device = str(resolve_device(device))
     if dry_run:
-        import torch
-        # the ceiling in the compute type the extraction will use (bfloat16 runs 2-3x float32 on AMX)
-        efficiency = extraction_efficiency(device, dtype)
-        rate = gflops or efficiency * matmul_gflops(device=device, dtype=getattr(torch, dtype))
+        from .cost import Rate, bench_rate, cache_rate, quick_rate
         costs = plan(chosen, root, cache, dtype)
+        # each job at its cache's own measured rate where it has one; else this CPU model's bench
+        # figures; else a measurement of a second
+        default = Rate(gflops, "--gflops") if gflops else bench_rate(dtype, device) or quick_rate(device, dtype)
+        rates = [default if gflops or c is None or not c.cache.is_file() else cache_rate(c.cache, job.net) or default
+                 for job, c, _ in costs]
         click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
-                   f"{'TFLOP':>10}{'time':>10}  note")
-        for job, c, note in costs:
+                   f"{'TFLOP':>10}{'time':>10}{'GFLOP/s':>9}  note")
+        for (job, c, note), rate in zip(costs, rates):
             cells = (("?",) * 4 if c is None else
-                     (c.pairs, c.cached, tflop(c.flops), format_duration(c.seconds(rate))))
+                     (c.pairs, c.cached, tflop(c.flops), format_duration(c.seconds(rate.gflops))))
+            own = " (rate: its cache's own)" if rate is not default else ""
             click.echo(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
-                       f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}  {note}")
+                       f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}{rate.gflops:>9.0f}  {note}{own}")
         total = sum(c.flops for _, c, _ in costs if c is not None)
-        busy = any(c is not None and being_written(c.cache) for _, c, _ in costs)
+        seconds = sum(c.seconds(r.gflops) for (_, c, _), r in zip(costs, rates) if c is not None)
         click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
-                   f"FLOPs), {tflop(total)} TFLOP, about {format_duration(total_seconds(costs, rate))} "
-                   f"at {rate:.0f} GFLOP/s on {device}" + ("" if gflops else f" in {dtype} (measured x {efficiency:g})")
-                   + "; SVM training on the caches adds minutes")
-        if busy and not gflops:
+                   f"FLOPs), {tflop(total)} TFLOP, about {format_duration(seconds)} on {device} in {dtype}; "
+                   "SVM training on the caches adds minutes")
+        for rate in dict.fromkeys(rates):
+            click.echo(f"rate {rate.gflops:.0f} GFLOP/s: {rate.source}")
+        if any(c is not None and being_written(c.cache) for _, c, _ in costs) and default.source.startswith("measured"):
             click.echo("note: a featx extraction is writing one of these caches now; if it runs on this "
                        "machine, the rate above was measured on a shared device and the time is too long "
                        "(give --gflops)")

@@ -1,4 +1,4 @@
-"""What extraction will cost (SPEC.md section 5): FLOPs counted from the layer shapes, and a
+"""What extraction will cost (docs/protocol.md section 5): FLOPs counted from the layer shapes, and a
 time estimate from a throughput rate (measured here, or given)."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import numpy as np
 from .images import target_size
 
 if TYPE_CHECKING:
-    from .nets import NetSpec
+    from .specs import NetSpec
 
 
 def forward_flops(spec: NetSpec | str, h: int, w: int) -> int:
     """2 x multiply-adds of one dense forward pass on an h x w input (conv stack, fc6 as a
     7x7 conv, fc7 as a 1x1 conv; pools, ReLUs and the average pool are negligible)."""
-    from .nets import get_spec  # imports torch: not needed by format_duration (featx info)
+    from .specs import get_spec
     spec = get_spec(spec)
     flops, c = 0, 3
     for v in spec.layers:
@@ -96,6 +96,64 @@ def extraction_efficiency(device: str, dtype: str = "float32") -> float:
     if str(device).startswith("cpu") and dtype == "bfloat16" and "amx_bf16" in cpu_info().flags:
         return AMX_EFFICIENCY
     return CPU_EFFICIENCY
+
+
+@dataclass(frozen=True)
+class Rate:
+    """An extraction's throughput for a time estimate, and where the figure comes from."""
+
+    gflops: float
+    source: str
+
+
+def cache_rate(path, net: str, flip: bool = True) -> Rate | None:
+    """What the cache's own extraction reached: the FLOPs of its timed rows (at each Q, its done
+    rows' mean cost) over the wall time the writers recorded with them (decoding, resizing and
+    writes included). None where it holds no timed rows."""
+    from .cache import DONE, DescriptorCache
+    cache = DescriptorCache(path)
+    sizes, flops, seconds, timed = cache.sizes(), 0.0, 0.0, 0
+    for q, (spent, n) in cache.timing().items():
+        done = np.flatnonzero(cache.status(q) == DONE)
+        done = done[sizes[done, 0] > 0]
+        if spent <= 0 or n <= 0 or not len(done):
+            continue
+        shapes, counts = np.unique(sizes[done], axis=0, return_counts=True)
+        per_row = sum(c * descriptor_flops(net, tuple(map(int, hw)), q, flip) for hw, c in zip(shapes, counts)) / len(done)
+        flops, seconds, timed = flops + per_row * n, seconds + spent, timed + n
+    if not seconds:
+        return None
+    return Rate(flops / seconds / 1e9, f"its cache's own extraction ({timed:,} timed image x scale pairs)")
+
+
+def bench_rate(dtype: str = "float32", device="cpu") -> Rate | None:
+    """The committed bench/extract.py figures of this CPU model (results/bench/<cpu>.json in a
+    checkout): the median rate of featx's own kernel choice in this compute type."""
+    import json
+
+    from .kernels import cpu_info
+    from .paths import bench_figures
+    if not str(device).startswith("cpu"):
+        return None
+    path = bench_figures() / f"{cpu_info().slug}.json"
+    try:
+        rows = [r for r in json.loads(path.read_text())["rows"]
+                if r.get("dtype") == dtype and "auto" in str(r.get("how", "")) and r.get("gflops")]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not rows:
+        return None
+    return Rate(float(np.median([r["gflops"] for r in rows])),
+                f"bench/extract.py on this CPU model ({path.name}, {len(rows)} rows)")
+
+
+def quick_rate(device="cpu", dtype: str = "float32") -> Rate:
+    """A measurement of a second or so: a 1024^3 matrix product per library, times the share
+    of it an extraction reaches (extraction_efficiency)."""
+    import torch
+    efficiency = extraction_efficiency(device, dtype)
+    ceiling = matmul_gflops(n=1024, repeats=2, device=device, dtype=getattr(torch, dtype))
+    return Rate(efficiency * ceiling, f"measured now: {ceiling:.0f} GFLOP/s matrix products x {efficiency:g}")
 
 
 @dataclass

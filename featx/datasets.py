@@ -1,4 +1,4 @@
-"""The benchmark datasets (SPEC.md section 4), read from their standard on-disk layouts.
+"""The benchmark datasets (docs/protocol.md section 4), read from their standard on-disk layouts.
 
 Under the data root (--root, $FEATX_DATA_ROOT, default ./datasets):
     voc2007/VOCdevkit/VOC2007        trainval + test archives unpacked together

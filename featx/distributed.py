@@ -28,8 +28,8 @@ import torch
 
 from .images import read_sizes
 from .errors import ConfigError, EngineError
-from .extract import Batch, Extractor, WorkBar, check_scales
-from .nets import get_spec
+from .extract import Batch, Extractor, WorkBar
+from .specs import DEFAULT_SCALES, check_scales, get_spec
 from .weights import Weights, load_weights
 
 INSTALL_HINT = "pip install 'featx[ray]' (or pip install 'ray[data]')"
@@ -152,7 +152,7 @@ class RayExtractor:
     as the local engine does; the nets that compute live on the workers.
     """
 
-    def __init__(self, net="D", scales=(256, 384, 512), flip=True, weights="torchvision",
+    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights="torchvision",
                  preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
                  progress=False, address=None, num_workers=None, gpus_per_worker=0.0,
                  cpus_per_worker=None, batches_per_shard=4):
@@ -302,7 +302,7 @@ class ImageWorker:
         return message.removeprefix(f"image #{i}: ")
 
 
-def descriptors(dataset, net="D", scales=(256, 384, 512), *, weights="torchvision",
+def descriptors(dataset, net="D", scales=DEFAULT_SCALES, *, weights="torchvision",
                 preprocess=None, column="image", flip=True, device="auto", dtype="float32",
                 batch_size=8, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
                 cpus_per_worker=None):

@@ -23,7 +23,8 @@ from .classifiers import OneVsRestSVM
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
-from .results import HEADLINE_SCORE, Result, SplitRun
+from .results import HEADLINE_SCORE, FinalModel, Result, SplitRun
+from .specs import DEFAULT_SCALES
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
@@ -32,7 +33,7 @@ DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 class Config:
     dataset: str
     nets: tuple = ("D",)
-    scales: tuple = (256, 384, 512)
+    scales: tuple = DEFAULT_SCALES
     aggregate: str = "mean"
     weights: dict = field(default_factory=dict)  # net -> weight source
     preprocess: dict = field(default_factory=dict)  # net -> preprocessing of a bare .pth
@@ -156,6 +157,27 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     return best, results
 
 
+def fit_final(data: Dataset, cfg: Config, desc: Descriptors, runs: list, log=print) -> FinalModel:
+    """The classifier to deploy: once the splits are evaluated, one fit on every labelled
+    sample the protocol reads (the union of its splits: a folder's or CSV's every image,
+    VOC-2007's trainval and test, Caltech's images of the three splits), with the C validation
+    chose: the median over the splits (the lower of the two middle ones for an even count,
+    so it is a value of the grid)."""
+    chosen = [r.C for r in runs]
+    C = sorted(chosen)[(len(chosen) - 1) // 2]
+    if len(runs) > 1:
+        how = (f"median of the C chosen on splits {', '.join(str(r.split) for r in runs)} "
+               f"({', '.join(f'{c:g}' for c in chosen)})")
+    else:
+        how = "the C chosen on validation"
+    every = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in data.splits.values()]))
+    what = f"all {len(every):,} labelled {'samples' if 'box' in data.views else 'images'} " \
+           "(the union of the splits)"
+    log(f"final model: C={C:g} ({how}) fit on {what}")
+    model = OneVsRestSVM(C=C, solver=cfg.solver, device=cfg.device).fit(desc(every), data.labels[every])
+    return FinalModel(C=float(C), chosen_by=how, trained_on=what, samples=len(every), model=model)
+
+
 def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Result:
     """Run the dataset's protocol on the caches featx.paths.cache_path finds (cache_dir, root:
     --cache-dir and --root); the Result holds the trained models of its splits."""
@@ -199,8 +221,9 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
         model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(X_fit, data.labels[fit_on])
         scores = _score(data.task, model, desc(ev), data.labels[ev], n_classes)
         runs.append(SplitRun(None, best, grid, names[2], names[3], scores=scores, model=model))
+    final = fit_final(data, cfg, desc, runs, log)
     headline = [100 * _headline(data.task, r.scores) for r in runs]
-    return Result(
+    return Result(final=final,
         dataset=data.name, config=asdict(cfg), runs=runs,
         metric=_metric(data.task),
         headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,

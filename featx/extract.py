@@ -1,4 +1,4 @@
-"""Dense multi-scale descriptors: one image, one net, one scale Q -> one fc7 vector (SPEC.md s.2).
+"""Dense multi-scale descriptors: one image, one net, one scale Q -> one fc7 vector (docs/protocol.md section 2).
 
 The image is rescaled (short side Q), run densely through the net, the post-ReLU fc7 map is
 average-pooled, and the same is done for the mirrored image; the two vectors are averaged.
@@ -18,10 +18,10 @@ import functools
 import os
 import sys
 import warnings
-from collections import defaultdict, deque
+from collections import OrderedDict, defaultdict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,9 +29,10 @@ from tqdm.auto import tqdm
 
 from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
-from .images import INTERPOLATION, load_resized, name_of, read_size, target_size
+from .images import as_images, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, choose as choose_kernels, cpu_info, parse_kernels
-from .nets import DenseVGG, NetSpec, get_spec
+from .nets import DenseVGG
+from .specs import DEFAULT_SCALES, check_scales, get_spec
 from .paths import COMPUTE_TYPES
 from .weights import load_weights
 
@@ -77,17 +78,23 @@ def _malloc_trim():
         return None
 
 
-def check_scales(scales: Iterable[int], spec: NetSpec) -> tuple[int, ...]:
-    scales = tuple(int(q) for q in scales)
-    if not scales:
-        raise ConfigError("at least one scale Q is needed")
-    if len(set(scales)) != len(scales):
-        raise ConfigError(f"scales {scales} repeat a value")
-    small = [q for q in scales if q < spec.min_side]
-    if small:
-        raise ConfigError(f"scale Q={small[0]} is too small: the 7x7 fc6 window needs images whose "
-                         f"short side is at least {spec.min_side} px (use Q >= {spec.min_side})")
-    return scales
+_NETS: "OrderedDict[tuple, tuple[DenseVGG, object]]" = OrderedDict()  # see Extractor.model
+
+
+def _net_key(spec, weights, preprocess, device, dtype, kernels) -> tuple | None:
+    """What a loaded net is shared by: its weight source as given, and for a file the file's
+    size, mtime and inode (a file replaced in the meantime is loaded again); None for weights
+    passed as objects (not shared)."""
+    if not isinstance(weights, (str, os.PathLike)):
+        return None
+    text = os.fspath(weights)
+    local = text.partition(":")[2] if text.partition(":")[0] in ("torchvision", "caffe") else text
+    try:
+        st = os.stat(os.path.expanduser(local)) if local and not text.startswith("random") else None
+    except OSError:
+        st = None
+    signature = (st.st_size, st.st_mtime_ns, st.st_ino) if st else None
+    return (spec, text, preprocess, str(device), dtype, str(kernels), signature)
 
 
 @dataclass
@@ -178,11 +185,12 @@ class Extractor:
         many). workers: threads decoding and resizing ahead of the net.
     kernels: None (featx.kernels.choose: the fastest for this CPU), a featx.kernels.Kernels
         or "conv=onednn,fc=gemm"; all give the same descriptors within 1e-5 relative.
+    lazy: read the weights at the first forward pass rather than here.
     """
 
-    def __init__(self, net="D", scales=(256, 384, 512), flip=True, weights="torchvision",
+    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights="torchvision",
                  preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
-                 progress=False, kernels=None):
+                 progress=False, kernels=None, lazy=False):
         self.spec = get_spec(net)
         self.scales = check_scales(scales, self.spec)
         self.flip = bool(flip)
@@ -204,14 +212,53 @@ class Extractor:
             raise ConfigError(f"workers={workers}: decoding needs at least 1 thread")
         self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
         self.progress = progress
-        loaded = load_weights(self.spec, weights, preprocess, progress=progress)
-        self.preprocess = loaded.preprocess
-        self.model = self._build(loaded, with_fc8=False)
-        # The tensors now live in the model; keep only the provenance.
-        self.weights = dataclasses.replace(loaded, state_dict={})
+        # The source is resolved (and a missing file refused) now; its tensors are read now, or
+        # with lazy=True at the first forward pass, so featx extract with nothing left to compute
+        # never reads them (it knows the weights by the digest remembered for the file).
+        self._source = (weights, preprocess)
+        self._weights = load_weights(self.spec, weights, preprocess, progress=progress, tensors=False)
+        self.preprocess = self._weights.preprocess
+        self._model = None
+        if not lazy:
+            self.model  # noqa: B018  (loads the weights)
+
+    @property
+    def model(self) -> DenseVGG:
+        """The net, its weights loaded on first use. Extractors of the same weights, device,
+        compute type and kernels share one net in a process (the last two loaded are kept):
+        the clones of a grid search, featx predict and its caches' update read the weights once."""
+        if self._model is None:
+            key = _net_key(self.spec, *self._source, self.device, self.dtype, self.kernels)
+            if key is not None and key in _NETS:
+                _NETS.move_to_end(key)
+                self._model, self._weights = _NETS[key]
+                return self._model
+            loaded = load_weights(self.spec, *self._source, progress=self.progress)
+            self._model = self._build(loaded, with_fc8=False)
+            # The tensors now live in the model; keep only the provenance.
+            self._weights = dataclasses.replace(loaded, state_dict={})
+            if key is not None:
+                _NETS[key] = (self._model, self._weights)
+                while len(_NETS) > 2:
+                    _NETS.popitem(last=False)
+        return self._model
+
+    @property
+    def weights(self):
+        """The weights' provenance (featx.weights.Weights without tensors); their digest is
+        the one remembered for the file, or computed by loading them."""
+        if not self._weights.digest:
+            self.model  # noqa: B018
+        return self._weights
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
 
     def _build(self, loaded, with_fc8):
-        model = DenseVGG(self.spec, with_fc8=with_fc8)
+        with torch.device("meta"):  # no random initialisation of 140M parameters: all are loaded
+            model = DenseVGG(self.spec, with_fc8=with_fc8)
+        model = model.to_empty(device="cpu")
         model.load_torchvision_state_dict(loaded.state_dict, origin=str(loaded.path or loaded.source))
         model = model.eval().requires_grad_(False).to(
             self.device, DTYPES[self.dtype], memory_format=torch.channels_last)
@@ -223,25 +270,19 @@ class Extractor:
 
     def provenance(self) -> dict:
         """What determines the descriptors' values (stored with every cache)."""
-        p = self.preprocess
-        return {
-            "net": self.spec.name, "arch": self.spec.arch, "dim": self.dim,
-            "weights": self.weights.source, "weights_file": str(self.weights.path or ""),
-            "preprocess": p.name, "channel_order": p.channel_order,
-            "mean": list(p.mean), "std": list(p.std), "value_range": p.value_range,
-            "flip": self.flip, "interpolation": INTERPOLATION, "pooling": "average of post-ReLU fc7 map",
-        }
+        from .update import provenance
+        return provenance(self.spec, self._weights, self.flip)
 
     # -- extraction -------------------------------------------------------------------------
 
     def extract(self, images: Sequence) -> np.ndarray:
-        """Descriptors of `images` (paths, encoded bytes, PIL images or HxWx3 uint8 arrays) at
-        every scale.
+        """Descriptors of `images` at every scale: paths, encoded bytes, PIL images, HxWx3 uint8
+        arrays, uint8 torch tensors (CxHxW) or (image, label) items (featx.images.as_images).
 
         Returns float32 (n_images, n_scales, dim), flip-averaged and not normalised.
         Raises ImageError naming the first image that cannot be read.
         """
-        images = list(images)
+        images = as_images(images)
         sizes = [read_size(item, i) for i, item in enumerate(images)]
         out = np.empty((len(images), len(self.scales), self.dim), np.float32)
         for batch in self.iter_batches(images, sizes):
@@ -254,7 +295,7 @@ class Extractor:
         """As `extract`, but an image that cannot be read is its own failure, not the call's:
         (descriptors with NaN rows for those, {index: reason})."""
         from .images import read_sizes
-        images = list(images)
+        images = as_images(images)
         sizes, failures = read_sizes(images, self.workers)
         out = np.full((len(images), len(self.scales), self.dim), np.nan, np.float32)
         for batch in self.iter_batches(images, sizes):

@@ -45,6 +45,42 @@ def name_of(item, index: int | None = None) -> str:
     return f"image #{index}" if index is not None else "image"
 
 
+ACCEPTED = ("file paths, encoded bytes, PIL images, HxWx3 uint8 arrays, uint8 torch tensors (CxHxW, as "
+            "torchvision.io.read_image returns) or (image, label) items of a torchvision dataset")
+
+
+def as_images(images) -> list:
+    """What featx reads, from what people have: a list of paths, bytes, PIL images or HxWx3
+    uint8 arrays as they are; uint8 torch tensors (CxHxW or HxW) as HxWx3 arrays; (image,
+    label) items of a torchvision dataset as their image; any iterable of those (a dataset, a
+    generator, a (N, C, H, W) tensor). Anything else is one ImageError naming the item."""
+    if isinstance(images, (str, os.PathLike, bytes)):
+        raise ImageError(f"{os.fsdecode(images) if not isinstance(images, bytes) else 'bytes'}: pass a list of "
+                         "images (e.g. [path]), not one")
+    try:
+        items = list(images)
+    except TypeError:
+        raise ImageError(f"a {type(images).__name__} is not a collection of images; pass a list of "
+                         f"{ACCEPTED}") from None
+    return [_as_image(item, i) for i, item in enumerate(items)]
+
+
+def _as_image(item, index: int):
+    if isinstance(item, (str, os.PathLike, bytes, bytearray, memoryview, Crop, Image.Image, np.ndarray)):
+        return item
+    if isinstance(item, tuple) and len(item) == 2 and isinstance(item[1], (int, np.integer)):
+        return _as_image(item[0], index)  # (image, label) from a torchvision dataset
+    if type(item).__module__.split(".")[0] == "torch" and hasattr(item, "numpy"):
+        a = item.detach().cpu()
+        if str(a.dtype) != "torch.uint8" or a.dim() not in (2, 3) or (a.dim() == 3 and a.shape[0] not in (1, 3, 4)):
+            raise ImageError(f"image #{index}: a torch tensor of {a.dtype} and shape {tuple(a.shape)}; featx "
+                             "takes uint8 CxHxW (torchvision.io.read_image, transforms.PILToTensor), "
+                             "not a normalised float tensor")
+        a = a.numpy()
+        return a if a.ndim == 2 else np.ascontiguousarray(a.transpose(1, 2, 0))
+    raise ImageError(f"image #{index}: {type(item).__name__} is not an image type featx reads; pass {ACCEPTED}")
+
+
 def max_pixels() -> int:
     return int(os.environ.get("FEATX_MAX_PIXELS", Image.MAX_IMAGE_PIXELS))
 

@@ -277,6 +277,13 @@ class CpuInfo:
         return "avx512_bf16" in self.flags or "amx_bf16" in self.flags
 
 
+    @property
+    def slug(self) -> str:
+        """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of this CPU's bench figures."""
+        import re
+        return re.sub(r"[^a-z0-9]+", "-", self.model.lower()).strip("-") or "unknown-cpu"
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_info() -> CpuInfo:
     fields = {}  # the first CPU's "key: value" lines

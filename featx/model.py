@@ -21,7 +21,7 @@ import numpy as np
 from .errors import ConfigError
 
 FORMAT = "featx-model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 (featx 0.7): weights by source and digest, the final fit; 1 is read too
 
 
 def model_paths(path) -> tuple[Path, Path]:
@@ -33,6 +33,29 @@ def model_paths(path) -> tuple[Path, Path]:
             name = name[: -len(suffix)]
             break
     return path.with_name(f"{name}.model.json"), path.with_name(f"{name}.model.npz")
+
+
+def model_record(result, trained_on: str) -> dict:
+    """What a saved classifier needs besides its arrays, from a protocol's Result: the
+    descriptor (nets, scales, aggregation, flip, compute type, and per net the weights by source,
+    file name and tensor digest: never a path of the machine that trained it), the classes,
+    and what it was fit on with which C."""
+    cfg, made = result.config, result.descriptors
+    flips = {bool(m.get("flip", True)) for m in made.values()}
+    if len(flips) > 1:
+        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
+    weights = {}
+    for net, m in made.items():
+        file = str(m.get("weights_file") or "")
+        weights[net] = {"source": m.get("weights") or "torchvision", "file": Path(file).name if file else None,
+                        "digest": m.get("weights_digest") or None}
+    final = result.final
+    return {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]), "aggregate": cfg["aggregate"],
+                           "setting": cfg["setting"], "weights": weights, "preprocess": dict(cfg["preprocess"]),
+                           "flip": flips.pop(), "dtype": result.compute_dtype},
+            "classes": list(result.classes), "dataset": result.dataset, "trained_on": trained_on,
+            "samples": final.samples if final else None, "C": final.C if final else result.runs[0].C,
+            "C_chosen_by": final.chosen_by if final else "validation of the first split"}
 
 
 def save_model(path, record: dict, svm) -> tuple[Path, Path]:
@@ -59,15 +82,57 @@ def read_model_record(path) -> dict:
         raise ConfigError(f"{json_path}: not a featx model record (not JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConfigError(f"{json_path}: not a featx model record")
-    if meta.get("format_version") != FORMAT_VERSION:
+    if meta.get("format_version") not in (1, FORMAT_VERSION):
         raise ConfigError(f"{json_path}: a featx model of format {meta.get('format_version')} (written by "
-                          f"featx {meta.get('featx_version')}); this featx reads format {FORMAT_VERSION}. "
+                          f"featx {meta.get('featx_version')}); this featx reads formats 1 and {FORMAT_VERSION}. "
                           "Train it again with this version (featx svm)")
+    if meta["format_version"] == 1:  # weights as the source string they were given as
+        d = meta["descriptor"]
+        d["weights"] = {n: {"source": w, "file": None, "digest": (d.get("weights_digest") or {}).get(n), "given": w}
+                        for n, w in d["weights"].items()}
     return meta
 
 
-def load_model(path, device="auto"):
-    """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path."""
+def weights_for(record: dict, local: dict | None = None) -> dict:
+    """Per net, what to load the record's weights from: `local[net]` (a copy the user points
+    at: FILE, checked by digest after loading) for any source; a named source (torchvision,
+    caffe, random:N) as itself; weights that came from a file, a file featx has seen on this
+    machine with the same tensors (featx.weights.find_file). Otherwise a ConfigError saying
+    which weights to give."""
+    from .weights import describe_weights, find_file
+    out = {}
+    for net, w in record["descriptor"]["weights"].items():
+        source, digest = w["source"], w.get("digest")
+        if (local or {}).get(net):
+            given = str(local[net])
+            out[net] = f"{source}:{given}" if source in ("torchvision", "caffe") else given
+        elif "given" in w:  # format 1
+            out[net] = w["given"]
+        elif source != "file":
+            out[net] = source
+        else:
+            found = find_file(digest, record_arch(net)) if digest else None
+            if found is None:
+                known = describe_weights(digest)
+                raise ConfigError(
+                    f"this model's Net-{net} weights came from a file ({w.get('file') or 'unnamed'}, tensors "
+                    f"{str(digest)[8:20]}...{f': {known}' if known else ''}) that featx has not seen on this "
+                    f"machine; point at a copy: featx predict MODEL --weights {net}=FILE "
+                    f"(in Python: load_model(MODEL, weights={{{net!r}: FILE}}))")
+            out[net] = str(found)
+    return out
+
+
+def record_arch(net: str) -> str:
+    from .specs import get_spec
+    return get_spec(net).arch
+
+
+def load_model(path, device="auto", weights: dict | None = None):
+    """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path.
+
+    weights: {net: FILE}, local copies of the weights the model was trained with (featx
+    predict --weights); checked against the record's digest when they are first used."""
     from sklearn.pipeline import Pipeline
 
     from .classifiers import OneVsRestSVM
@@ -88,8 +153,8 @@ def load_model(path, device="auto"):
     svm.coef_, svm.intercept_, svm.classes_ = coef, intercept, classes
     svm.multilabel_, svm.n_features_in_ = d["multilabel"], d["n_features"]
     vgg = VGGDescriptor(nets=tuple(c["nets"]), scales=tuple(c["scales"]), aggregate=c["aggregate"],
-                        weights=c["weights"], preprocess=c.get("preprocess") or None, flip=c["flip"],
-                        device=device)
+                        weights=weights_for(meta, weights), preprocess=c.get("preprocess") or None, flip=c["flip"],
+                        device=device, dtype=c.get("dtype", "float32"))
     return Pipeline([("vgg", vgg), ("svm", svm)])
 
 
@@ -175,15 +240,16 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
     from .update import update_caches
 
     d = record["descriptor"]
-    nets, scales, weights = list(d["nets"]), tuple(d["scales"]), dict(d["weights"])
-    path_for = {net: cache_path(images, net, weights[net], "float32", cache_dir, root) for net in nets}
+    nets, scales, dtype = list(d["nets"]), tuple(d["scales"]), d.get("dtype", "float32")
+    weights = dict(pipeline.named_steps["vgg"].weights)  # where load_model found them
+    path_for = {net: cache_path(images, net, weights[net], dtype, cache_dir, root) for net in nets}
     for summary in update_caches(nets, images.items, images.ids, images.name, path_for.get, weights,
                                  d.get("preprocess") or None, progress=progress, log=log,
                                  source=str(images.source.resolve()) if images.source else "",
-                                 scales=scales, flip=d["flip"], device=device):
+                                 scales=scales, flip=d["flip"], device=device, dtype=dtype):
         log(str(summary))
     caches = {net: DescriptorCache(p) for net, p in path_for.items()}
-    for net, want in (d.get("weights_digest") or {}).items():
+    for net, want in weights_digests(record).items():
         if want and caches[net].attrs.get("weights_digest") != want:
             raise ConfigError(f"{path_for[net]} was computed with other Net-{net} weights than this "
                               "classifier was trained on (their tensors differ)")
@@ -194,10 +260,15 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
     return [i for i, good in zip(images.ids, ok) if good], pipeline.named_steps["svm"].decision_function(X), failed
 
 
+def weights_digests(record: dict) -> dict:
+    """{net: the tensor digest of the weights the classifier was trained on (None: unknown)}."""
+    return {net: w.get("digest") for net, w in record["descriptor"]["weights"].items()}
+
+
 def check_weights(pipeline, record: dict) -> None:
     """Refuse to predict with weights other than those the classifier was trained on."""
     vgg = pipeline.named_steps["vgg"]
-    for net, want in (record["descriptor"].get("weights_digest") or {}).items():
+    for net, want in weights_digests(record).items():
         got = vgg.weights_digest(net)
         if want and got != want:
             source = vgg.weights.get(net) if isinstance(vgg.weights, dict) else vgg.weights

@@ -1,8 +1,8 @@
-"""The frozen VGG nets, made fully convolutional for dense evaluation (SPEC.md sections 1-2).
+"""The frozen VGG nets, made fully convolutional for dense evaluation (docs/protocol.md sections 1-2).
 
 fc6 becomes a 7x7 convolution over pool5 and fc7 a 1x1 convolution, so one forward pass over a
 whole image of any size >= 224 px gives a map of fc7 activations; fc8 is kept only on request
-(classification sanity checks). The conv stack is torchvision's own `make_layers`, so the
+(classification sanity checks). The conv stack is laid out as torchvision's `make_layers` lays it out, so the
 state_dict keys are torchvision's (`features.N.*`, `classifier.0/3/6.*`).
 
 The fc "convolutions" are computed as what they are, matrix products over all 7x7 windows of
@@ -12,55 +12,26 @@ library does those products and the 3x3 convolutions is chosen per machine (feat
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import nn
-from torchvision.models.vgg import cfgs, make_layers
 
-from .errors import ConfigError, WeightsError
+from .errors import WeightsError
 from .kernels import Kernels, onednn_linear, to_fused_convs, to_onednn_convs
+from .specs import NETS, NetSpec, get_spec  # noqa: F401  (featx.nets.NETS, as before)
 
 
-@dataclass(frozen=True)
-class NetSpec:
-    """Architecture of one VGG net: conv widths ('M' = 2x2 max-pool) and the fc widths."""
-
-    name: str  # short name used on the command line and in caches: "D", "E"
-    arch: str  # torchvision function / weight-file family: "vgg16", "vgg19"
-    layers: tuple
-    fc_dim: int = 4096
-    num_classes: int = 1000
-    fc6_window: int = 7  # pool5 cells seen by one fc6 output (224 px / 32)
-
-    @property
-    def pool5_channels(self) -> int:
-        return [v for v in self.layers if v != "M"][-1]
-
-    @property
-    def stride(self) -> int:
-        return 2 ** sum(v == "M" for v in self.layers)
-
-    @property
-    def min_side(self) -> int:
-        """Smallest image side that still gives one fc6 window (224 for VGG)."""
-        return self.stride * self.fc6_window
-
-
-NETS: dict[str, NetSpec] = {
-    "D": NetSpec("D", "vgg16", tuple(cfgs["D"])),
-    "E": NetSpec("E", "vgg19", tuple(cfgs["E"])),
-}
-
-
-def get_spec(net: str | NetSpec) -> NetSpec:
-    if isinstance(net, NetSpec):
-        return net
-    key = str(net).upper() if str(net).upper() in NETS else str(net)
-    if key not in NETS:
-        raise ConfigError(f"unknown net {net!r}: choose one of {', '.join(NETS)} "
-                         "(D = VGG16, E = VGG19)")
-    return NETS[key]
+def make_layers(layers) -> nn.Sequential:
+    """The conv stack as torchvision's `vgg.make_layers` builds it (3x3 conv + ReLU, 'M' a 2x2
+    max-pool), so state_dict keys are torchvision's `features.N.*`; written here because
+    importing torchvision costs a second and a half of every process's start-up."""
+    out, c = [], 3
+    for v in layers:
+        if v == "M":
+            out.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        else:
+            out += [nn.Conv2d(c, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+            c = v
+    return nn.Sequential(*out)
 
 
 class DenseVGG(nn.Module):

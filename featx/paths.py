@@ -9,6 +9,8 @@
     split files   shipped with featx (datasets/splits/ in a checkout, featx/splits/ in a wheel),
                   else <data root>/splits/<dataset>/ (drawn by the seeded rule the first time)
     weights       $TORCH_HOME/hub/checkpoints (torch's hub cache)
+    user cache    $XDG_CACHE_HOME/featx, ~/.cache/featx   (what featx remembers between runs: each
+                  weights file's tensor digest, so a process does not hash 575 MB to know it)
     image budget  $FEATX_MAX_PIXELS
 
 The pipelines and split files live at the top of a checkout (pipelines/, datasets/splits/) and
@@ -42,6 +44,11 @@ def cache_dir(option=None, root=None) -> Path:
                                   "or leave it out for the default, <data root>/featx-cache)")
             return Path(value)
     return data_root(root) / "featx-cache"
+
+
+def user_cache_dir() -> Path:
+    """featx's own small cache between runs ($XDG_CACHE_HOME/featx, else ~/.cache/featx)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "featx"
 
 
 def image_set_key(name: str, source=None) -> str:
@@ -94,6 +101,12 @@ def cache_path(images, net: str = "D", weights="torchvision", dtype: str = "floa
 def image_set_dir(key: str, option=None, root=None) -> Path:
     """The folder holding one image set's caches (one file per net, weights and type)."""
     return cache_dir(option, root) / key
+
+
+def bench_figures() -> Path:
+    """results/bench of a checkout: the measured speed of each CPU model (bench/*.py write them;
+    featx reproduce --dry-run reads them). Absent from a wheel."""
+    return _HERE.parent / "results" / "bench"
 
 
 def _shipped(*candidates: Path) -> Path | None:

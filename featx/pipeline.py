@@ -24,7 +24,7 @@ from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
 from .experiment import DEFAULT_C_GRID, Config
-from .nets import NETS
+from .specs import NETS
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from .cache import being_written
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
@@ -17,7 +15,7 @@ from .paths import cache_path
 from .pipeline import Pipeline
 from .update import update_caches
 
-# VOC photographs are about 500x375 (SPEC.md section 5); used to estimate a dataset not on disk.
+# VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
 TYPICAL_SIZE = (375, 500)
 
 
@@ -51,7 +49,7 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
 
 def parse_local_weights(text: str | None) -> dict:
     """--local-weights "E=caffe:vgg19_caffe.pth,D=caffe:vgg16.pth" -> {"E": "caffe:vgg19_caffe.pth", ...}."""
-    from .nets import get_spec
+    from .specs import get_spec
     files = {}
     for part in filter(None, (text or "").split(",")):
         net, _, value = part.partition("=")
@@ -140,6 +138,3 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
         results[p.name] = result
     return results, skipped
 
-
-def total_seconds(costs, gflops: float) -> float:
-    return float(np.sum([c.seconds(gflops) for _, c, _ in costs if c is not None]))

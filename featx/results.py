@@ -52,6 +52,25 @@ class SplitRun:
 
 
 @dataclass
+class FinalModel:
+    """The classifier a run saves: refit after the evaluation on every labelled sample the
+    protocol reads (the union of its splits), with the C that validation chose."""
+
+    C: float
+    chosen_by: str  # how C was picked, e.g. "median of the C chosen on splits 1, 2, 3 (0.3, 1, 1)"
+    trained_on: str  # e.g. "all 7,107 labelled images (the union of every split)"
+    samples: int
+    model: object = None  # the fitted OneVsRestSVM: in memory after a run (featx.model saves it)
+
+    def to_json(self) -> dict:
+        return {"C": self.C, "chosen_by": self.chosen_by, "trained_on": self.trained_on, "samples": self.samples}
+
+    @classmethod
+    def from_json(cls, d: dict | None) -> "FinalModel | None":
+        return None if not d else cls(float(d["C"]), d["chosen_by"], d["trained_on"], int(d["samples"]))
+
+
+@dataclass
 class Result:
     """A protocol's outcome on one dataset: the headline (mean ± std over splits) and its runs."""
 
@@ -71,6 +90,7 @@ class Result:
     paper_pipeline: str | None = None
     versions: dict = field(default_factory=dict)
     written: str = ""
+    final: FinalModel | None = None  # the saved classifier (results before featx 0.7: none)
     path: Path | None = field(default=None, compare=False)  # the JSON file it was read from
 
     def headline_text(self) -> str:
@@ -116,15 +136,17 @@ class Result:
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
         out["runs"] = [r.to_json() for r in self.runs]
+        out["final"] = self.final.to_json() if self.final is not None else None
         out["paper"] = list(self.paper) if isinstance(self.paper, tuple) else self.paper
         return out
 
     @classmethod
     def from_json(cls, d: dict, path: Path | None = None) -> "Result":
-        names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper", "final"}
         paper = d.get("paper")
         return cls(**{k: v for k, v in d.items() if k in names}, runs=[SplitRun.from_json(r) for r in d["runs"]],
-                   paper=tuple(paper) if isinstance(paper, list) else paper, path=path)
+                   paper=tuple(paper) if isinstance(paper, list) else paper, final=FinalModel.from_json(d.get("final")),
+                   path=path)
 
 
 def read_result(path: Path) -> Result:
@@ -154,9 +176,9 @@ def _versions() -> dict:
 
 
 def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
-    """results/<dataset>/<run>.{csv,md,json} and the trained classifier of the first split
-    (<run>.model.json/.npz, which featx predict reads without unpickling, and <run>.joblib, the
-    same scikit-learn Pipeline pickled for Python)."""
+    """results/<dataset>/<run>.{csv,md,json} and the classifier to deploy (Result.final: fit on
+    every labelled image with the validated C) as <run>.model.json/.npz, which featx predict
+    reads without unpickling, and <run>.joblib, the same scikit-learn Pipeline pickled."""
     import joblib
     import pandas as pd
     from .model import load_model, save_model
@@ -174,18 +196,10 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
     md_path = out_dir / f"{run_name}.md"
     md_path.write_text(render_markdown(result, table, run_name))
 
-    cfg, made = result.config, result.descriptors
-    flips = {bool(m.get("flip", True)) for m in made.values()}
-    if len(flips) > 1:
-        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
-    record = {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]),
-                             "aggregate": cfg["aggregate"], "setting": cfg["setting"],
-                             "weights": dict(cfg["weights"]), "preprocess": dict(cfg["preprocess"]),
-                             "flip": flips.pop(),
-                             "weights_digest": {n: m.get("weights_digest") for n, m in made.items()}},
-              "classes": list(result.classes), "trained_on": result.runs[0].trained_on,
-              "dataset": result.dataset}
-    model_json, model_npz = save_model(out_dir / run_name, record, result.runs[0].model)
+    from .model import model_record
+    final = result.final
+    record = model_record(result, trained_on=final.trained_on if final else result.runs[0].trained_on)
+    model_json, model_npz = save_model(out_dir / run_name, record, final.model if final else result.runs[0].model)
     model_path = out_dir / f"{run_name}.joblib"
     joblib.dump(load_model(model_json, device="cpu"), model_path)
     return [csv_path, md_path, json_path, model_json, model_npz, model_path]

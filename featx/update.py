@@ -22,6 +22,7 @@ from .errors import CacheError, ConfigError, ImageError
 from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of,
                        file_of, survey)
 from .images import target_size
+from .specs import DEFAULT_SCALES
 
 
 @dataclass
@@ -139,11 +140,62 @@ def check_unique(ids: Sequence[str]) -> None:
         seen[i] = k
 
 
+def provenance(spec, weights, flip: bool) -> dict:
+    """What determines a net's descriptors' values (stored with every cache): the net, the
+    weights (a featx.weights.Weights, tensors or not) and their preprocessing, the flip."""
+    from .images import INTERPOLATION
+    p = weights.preprocess
+    return {
+        "net": spec.name, "arch": spec.arch, "dim": spec.fc_dim,
+        "weights": weights.source, "weights_file": str(weights.path or ""),
+        "preprocess": p.name, "channel_order": p.channel_order,
+        "mean": list(p.mean), "std": list(p.std), "value_range": p.value_range,
+        "flip": flip, "interpolation": INTERPOLATION, "pooling": "average of post-ReLU fc7 map",
+    }
+
+
 def _provenance(ex) -> dict:
-    import torch
+    from importlib.metadata import version
     from . import __version__
     return dict(ex.provenance(), weights_digest=ex.weights.digest, dtype=ex.dtype,
-                featx_version=__version__, torch_version=torch.__version__)
+                featx_version=__version__, torch_version=version("torch"))
+
+
+class Planned:
+    """An extraction engine known by what it computes before it exists: the net, its scales,
+    flip, compute type and weights (resolved, not read: their digest is the one featx remembers
+    for the file). `build` makes the engine (importing torch, reading the weights) the first
+    time a row needs computing, so a cache that is complete is checked in a fraction of a
+    second. Quacks like an Extractor as far as extract_to_cache is concerned."""
+
+    def __init__(self, build: Callable, net, scales, weights, preprocess=None, flip: bool = True,
+                 dtype: str = "float32", workers=None):
+        import os
+
+        from .specs import check_scales, get_spec
+        from .weights import load_weights
+        self.spec = get_spec(net)
+        self.scales = check_scales(scales, self.spec)
+        self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.fc_dim
+        self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
+        self._weights = load_weights(self.spec, weights, preprocess, tensors=False)
+        self._build, self._engine = build, None
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            self._engine = self._build()
+        return self._engine
+
+    @property
+    def weights(self):
+        return self._weights if self._weights.digest else self.engine.weights
+
+    def provenance(self) -> dict:
+        return provenance(self.spec, self._weights, self.flip)
+
+    def iter_batches(self, *args, **kwargs):
+        return self.engine.iter_batches(*args, **kwargs)
 
 
 def _record_images(path: Path, cache, record, items, ids, look: Survey, provenance: dict, scales, dim: int,
@@ -272,7 +324,9 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
         # Each batch's wall time (reading, resizing, forward passes) goes into the file with it,
         # so `featx info` can tell what a scale cost across interruptions and resumes.
         tick = time.perf_counter()
-        for batch in ex.iter_batches(row_items, sizes, scales, skip):
+        readable = np.asarray([s is not None for s in sizes], bool)
+        pending = any((readable & ~skip[q]).any() for q in scales)  # else no net is needed
+        for batch in ex.iter_batches(row_items, sizes, scales, skip) if pending else ():
             w.commit(batch.scale, batch.indices, batch.descriptors, batch.failures,
                      seconds=time.perf_counter() - tick, transient=batch.transient)
             summary.computed += len(batch.indices)
@@ -339,17 +393,17 @@ def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], 
     """Bring one image set's caches up to date for each net: path_for(net) is its file,
     weights[net] its weight source. engine "local" or "ray" (Ray options go in
     extractor_options, as for RayExtractor). source, retry_failed: as for extract_to_cache."""
-    if engine == "ray":
-        from .distributed import RayExtractor as Engine
-    elif engine == "local":
-        from .extract import Extractor as Engine
-    else:
+    if engine not in ("local", "ray"):
         raise ConfigError(f"engine {engine!r}: choose local or ray")
     summaries = []
     for net in nets:
         path = Path(path_for(net))
 
         def build(net=net, path=path):
+            if engine == "ray":
+                from .distributed import RayExtractor as Engine
+            else:
+                from .extract import Extractor as Engine
             ex = Engine(net, weights=weights[net], preprocess=(preprocess or {}).get(net),
                         progress=progress, **extractor_options)
             if progress:
@@ -358,6 +412,9 @@ def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], 
                     f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}")
             return ex
 
-        summaries.append(extract_to_cache(build, items, ids, path, name=name, rows=rows, strict=strict,
+        planned = Planned(build, net, extractor_options.get("scales", DEFAULT_SCALES), weights[net],
+                          (preprocess or {}).get(net), extractor_options.get("flip", True),
+                          extractor_options.get("dtype", "float32"), extractor_options.get("workers"))
+        summaries.append(extract_to_cache(planned, items, ids, path, name=name, rows=rows, strict=strict,
                                           progress=progress, source=source, retry_failed=retry_failed))
     return summaries

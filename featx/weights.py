@@ -17,6 +17,7 @@ there without network afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import urllib.error
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .errors import WeightsError
 if TYPE_CHECKING:  # torch loads only when weights do: `featx info` and `--help` stay light
     import torch
 
-    from .nets import NetSpec
+    from .specs import NetSpec
 
 
 @dataclass(frozen=True)
@@ -182,8 +183,12 @@ def hub_path(url: str) -> Path:
 
 
 def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None = None,
-                 progress: bool = True) -> Weights:
-    """Resolve a weight source for `spec` into a state_dict and its preprocessing."""
+                 progress: bool = True, tensors: bool = True) -> Weights:
+    """Resolve a weight source for `spec` into a state_dict and its preprocessing.
+
+    tensors=False resolves the source only: a Weights without tensors whose digest is the one
+    featx remembers for the file (see `remembered_digest`), or "" where it knows none; nothing
+    is read or downloaded (featx extract decides so whether there is anything to compute)."""
     chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
     if preprocess is not None and chosen is None:
         raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision'")
@@ -192,6 +197,21 @@ def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None 
             raise WeightsError(f"these weights come with {weights.preprocess.name} preprocessing, "
                                f"not {preprocess!r}")
         return weights
+    source, path, fixed, read = _resolve(spec, weights, chosen, preprocess, progress)
+    if not tensors:
+        known = path if path is not None and path.is_file() else None
+        return Weights({}, fixed, source, path, digest=(remembered_digest(known, spec.arch) if known else None) or "")
+    state = read()
+    digest = remembered_digest(path, spec.arch) if path is not None else None
+    loaded = Weights(state, fixed, source, path, digest=digest or "")
+    if path is not None and not digest:
+        remember_digest(path, spec.arch, loaded.digest)
+    return loaded
+
+
+def _resolve(spec, weights, chosen, preprocess, progress):
+    """(source, file or None, preprocessing, a function reading the state_dict) of a weight
+    source; the file of a named source is torch's hub copy, fetched by the reader if absent."""
     source, _, local = str(weights).partition(":") if isinstance(weights, (str, Path)) else ("", "", "")
     if source in ("torchvision", "caffe"):
         fixed = PREPROCESS[source]
@@ -202,32 +222,100 @@ def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None 
             path = Path(local).expanduser()
             if not path.is_file():
                 raise WeightsError(f"weights file {path} does not exist (given as {weights})")
-            return Weights(_load_weights_file(path, spec), fixed, source, path)
+            return source, path, fixed, lambda: _load_weights_file(path, spec)
         urls = TORCHVISION_URLS if source == "torchvision" else CAFFE_URLS
         if spec.arch not in urls:
             raise WeightsError(f"no {source} weights are published for {spec.arch}")
         # torchvision's files carry a sha256 prefix in their name; the Caffe conversions' names
         # follow another convention, so only the former are hash-checked on download.
-        path = _fetch(urls[spec.arch], check_hash=source == "torchvision", progress=progress)
-        return Weights(_load_pth(path), fixed, source, path)
+        return source, hub_path(urls[spec.arch]), fixed, lambda: _load_pth(
+            _fetch(urls[spec.arch], check_hash=source == "torchvision", progress=progress))
     if source == "random":
         try:
             seed = int(local or 0)
         except ValueError:
             raise WeightsError(f"weights {weights!r}: write random or random:SEED with an integer SEED") from None
         from .nets import random_state_dict
-        return Weights(random_state_dict(spec, seed), chosen or TORCHVISION, f"random:{seed}")
+        return f"random:{seed}", None, chosen or TORCHVISION, lambda: random_state_dict(spec, seed)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist (weights= takes 'torchvision', "
                            "'caffe', 'random' or a .pth/.h5 file)")
     if path.suffix.lower() in (".h5", ".hdf5"):
-        return Weights(convert_keras_h5(path, spec), chosen or CAFFE, "file", path)
+        return "file", path, chosen or CAFFE, lambda: convert_keras_h5(path, spec)
     if chosen is None:
         raise WeightsError(f"{path}: a bare state_dict does not say how images must be prepared; "
                            "pass preprocess='caffe' (BGR, 0..255, mean-subtracted) or "
                            "'torchvision' (RGB, 0..1, ImageNet mean/std)")
-    return Weights(_load_pth(path), chosen, "file", path)
+    return "file", path, chosen, lambda: _load_pth(path)
+
+
+# -- the tensor digest of each weights file, remembered between processes ---------------------
+# Hashing VGG19's 575 MB of tensors takes seconds; a file whose path, size, mtime, ctime and
+# inode are unchanged has the same tensors, so its digest is looked up instead (and the NaN /
+# all-zero checks that computing it makes were passed when it was first computed).
+
+def _digest_memo() -> Path:
+    from .paths import user_cache_dir
+    return user_cache_dir() / "weights-digests.json"
+
+
+def _file_key(path: Path, arch: str) -> tuple[str, list]:
+    st = path.stat()
+    return f"{arch}:{path.resolve()}", [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+
+
+def _read_memo() -> dict:
+    try:
+        memo = json.loads(_digest_memo().read_text(encoding="utf-8"))
+        return memo["files"] if isinstance(memo, dict) and isinstance(memo.get("files"), dict) else {}
+    except (OSError, ValueError, KeyError):
+        return {}  # none yet, unreadable or damaged: digests are computed again
+
+
+def remembered_digest(path, arch: str) -> str | None:
+    """The tensor digest featx computed for this file before, if the file is unchanged since."""
+    try:
+        key, signature = _file_key(Path(path), arch)
+    except OSError:
+        return None
+    entry = _read_memo().get(key)
+    if isinstance(entry, dict) and entry.get("signature") == signature and str(entry.get("digest", "")).startswith("tensors:"):
+        return entry["digest"]
+    return None
+
+
+def find_file(digest: str, arch: str) -> Path | None:
+    """A weights file on this machine whose tensors have this digest, as featx recorded it when
+    it last loaded the file (and the file is unchanged since), or None."""
+    for key, entry in _read_memo().items():
+        kind, _, where = key.partition(":")
+        if kind == arch and isinstance(entry, dict) and entry.get("digest") == digest:
+            if remembered_digest(where, arch) == digest:
+                return Path(where)
+    return None
+
+
+def remember_digest(path, arch: str, digest: str) -> None:
+    """Record a file's tensor digest for later processes (atomically; a folder that cannot be
+    written only means the next process hashes the file again)."""
+    import tempfile
+    try:
+        key, signature = _file_key(Path(path), arch)
+        memo = _read_memo()
+        memo[key] = {"signature": signature, "digest": digest}
+        target = _digest_memo()
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".weights-digests-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({"format": "featx-weights-digests", "files": memo}, f, indent=1)
+            os.replace(tmp, target)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError:
+        pass
 
 
 def _load_weights_file(path: Path, spec: "NetSpec") -> dict:

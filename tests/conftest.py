@@ -29,8 +29,9 @@ def _no_shipped_splits(request, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def _offline_torch_home(tmp_path_factory, monkeypatch):
-    # No test may touch the user's hub cache.
+    # No test may touch the user's hub cache, nor featx's user cache (weights digests).
     monkeypatch.setenv("TORCH_HOME", str(tmp_path_factory.mktemp("torch_home")))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("user_cache")))
 
 
 def make_image(path, size=(300, 240), seed=0, mode="RGB", fmt=None):

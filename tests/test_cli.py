@@ -145,3 +145,28 @@ def test_help_and_info_import_no_torch(tmp_path, photos):
         assert r.returncode == 0, r.stderr
         loaded = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines() if "|" in line}
         assert not {"torch", "torchvision", "sklearn"} & loaded, args
+
+
+def test_extract_with_nothing_to_compute_builds_no_net_and_imports_no_torch(tmp_path, photos):
+    import subprocess
+    import sys
+
+    import torch
+    from featx.nets import NETS, random_state_dict
+    weights = tmp_path / "t.pth"
+    torch.save(random_state_dict(NETS["T"], seed=1), weights)
+    code = ("import sys\nfrom featx.specs import NETS, NetSpec\n"
+            "NETS['T'] = NetSpec('T', 'tiny', (4, 'M', 8, 'M', 8, 8, 'M', 8, 'M', 8, 'M'), fc_dim=16, num_classes=10)\n"
+            "from featx.cli import main\n"
+            "try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            "print('torch imported:', 'torch' in sys.modules)")
+    args = ["extract", "--images", str(photos), "--net", "T", "--weights", str(weights), "--preprocess", "caffe",
+            "--scales", "224", "--cache-dir", str(tmp_path / "c"), "-q"]
+    env = dict(__import__("os").environ, XDG_CACHE_HOME=str(tmp_path / "user-cache"))
+    runs = [subprocess.run([sys.executable, "-c", code.format(args=args)], capture_output=True,
+                           text=True, env=env, timeout=300) for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[-1].stderr
+    assert "computed 5, reused 0, failed 1" in runs[0].stdout and "torch imported: True" in runs[0].stdout
+    # the second run knows the weights by the digest remembered for the file and finds every row done
+    assert "computed 0, reused 5, failed 1" in runs[1].stdout, runs[1].stdout
+    assert "torch imported: False" in runs[1].stdout

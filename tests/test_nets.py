@@ -100,3 +100,13 @@ def test_fc_layers_equal_a_7x7_convolution_in_any_chunking(tiny_net, monkeypatch
 def test_too_small_input_is_a_clear_error(tiny_net):
     with pytest.raises(ValueError, match="pool5 is 6x6, fc6 needs 7x7"):
         DenseVGG(tiny_net).eval()(torch.zeros(1, 3, 200, 200))
+
+
+def test_specs_and_conv_stack_are_torchvisions():
+    from torchvision.models.vgg import cfgs, make_layers as tv_make_layers
+
+    from featx.nets import make_layers
+    for name in ("D", "E"):
+        assert list(NETS[name].layers) == cfgs[name]
+        ours, theirs = make_layers(NETS[name].layers).state_dict(), tv_make_layers(cfgs[name]).state_dict()
+        assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}

@@ -134,24 +134,39 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     (_, cost, _), = plan(all_pipelines(pipes), tmp_path, cache)
     assert (cost.pairs, cost.cached) == (6, 6) and cost.flops == 3 * 2 * hand_count_flops(224, 298) * 2
-    # while an extraction writes the cache, a rate measured here is shared with it: say so
-    asked = []
-    monkeypatch.setattr("featx.cost.matmul_gflops", lambda **kw: asked.append(kw["dtype"]) or 100.0)
-    with FileLock(str(cost.cache) + ".lock"):
-        (_, _, note), = plan(all_pipelines(pipes), tmp_path, cache)
-        r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root",
-                                      str(tmp_path)])
-    assert note == "being extracted now" and "at 70 GFLOP/s on cpu in float32 (measured x 0.7)" in r.output
-    assert "note: a featx extraction is writing one of these caches now" in r.output, r.output
-    # a bfloat16 run is timed at the bfloat16 ceiling, not the float32 one
-    r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root",
-                                  str(tmp_path), "--dtype", "bfloat16"])
+    # the time comes from the cache's own measured rate: its timed rows' FLOPs over their wall time
+    from featx.cache import DescriptorCache
+    spent, timed = DescriptorCache(cost.cache).timing()[256]
+    own = 6 * 2 * hand_count_flops(256, 341) / spent / 1e9
+    r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    # at the share of that ceiling a whole extraction reaches: ~25% where AMX lifts only the big convolutions
+    assert timed == 6 and f"rate {own:.0f} GFLOP/s: its cache's own extraction (6 timed image x scale pairs)" in r.output
+    assert "(rate: its cache's own)" in r.output
+    # a cache with no timed rows (here: none yet, in bfloat16): this CPU model's bench figures ...
+    figures = tmp_path / "bench"
+    figures.mkdir()
+    monkeypatch.setattr("featx.paths.bench_figures", lambda: figures)
+    (figures / f"{cpu_info().slug}.json").write_text(json.dumps({"rows": [
+        {"how": "featx bf16 auto b8", "dtype": "bfloat16", "gflops": g} for g in (100.0, 140.0, 500.0)]
+        + [{"how": "naive", "dtype": "bfloat16", "gflops": 1.0}]}))
+    bf16 = ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root", str(tmp_path), "--dtype", "bfloat16"]
+    r = CliRunner().invoke(main, bf16)
+    assert r.exit_code == 0, r.output
+    assert f"rate 140 GFLOP/s: bench/extract.py on this CPU model ({cpu_info().slug}.json, 3 rows)" in r.output
+    # ... else a short measurement, at the share of the ceiling a whole extraction reaches (~25%
+    # where AMX lifts only the big convolutions); while an extraction writes a cache, say so
+    (figures / f"{cpu_info().slug}.json").unlink()
+    asked = []
+    monkeypatch.setattr("featx.cost.matmul_gflops", lambda **kw: asked.append((kw["n"], kw["dtype"])) or 100.0)
     share = extraction_efficiency("cpu", "bfloat16")
     assert share == (0.25 if "amx_bf16" in cpu_info().flags else 0.7)
-    assert asked == [torch.float32, torch.bfloat16] and f"at {100 * share:.0f} GFLOP/s on cpu in bfloat16 " \
-        f"(measured x {share:g})" in r.output, r.output
+    bf16_cache = cost.cache.with_name(cost.cache.stem + "-bfloat16.h5")
+    with FileLock(str(bf16_cache) + ".lock"):
+        (_, _, note), = plan(all_pipelines(pipes), tmp_path, cache, "bfloat16")
+        r = CliRunner().invoke(main, bf16)
+    assert note == "being extracted now" and asked == [(1024, torch.bfloat16)]
+    assert f"rate {100 * share:.0f} GFLOP/s: measured now: 100 GFLOP/s matrix products x {share:g}" in r.output
+    assert "note: a featx extraction is writing one of these caches now" in r.output, r.output
 
 
 def test_reproduce_end_to_end_writes_the_report(tmp_path):

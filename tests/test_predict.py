@@ -72,3 +72,76 @@ def test_json_and_top_k(tmp_path, model, new):
     assert (table["label_1"][:3] == table["predicted"][:3]).all()
     r = run("predict", model, loose, "--top", "2", "-q")
     assert r.stdout.startswith(f"{loose}: ") and r.stdout.count(",") == 1
+
+
+def test_the_saved_model_is_fit_on_every_labelled_image_with_the_median_c(tmp_path):
+    from featx.cache import DescriptorCache
+    from featx.classifiers import OneVsRestSVM
+    from featx.datasets import load_dataset
+    from featx.model import load_model
+    from featx.paths import cache_path
+    from featx.results import read_result
+    base = tmp_path / "pets"
+    for c in ("cat", "dog"):
+        for i in range(6):
+            make_image(base / c / f"{i}.png", (240, 230), seed=7 * len(c) + 3 * i + ord(c[0]))
+    r = run("svm", f"folder:{base}", "--net", "T", "--weights", "random:0", "--scales", "224", "--c-grid", "0.01,1,100",
+            "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
+    assert r.exit_code == 0, r.output
+    result = read_result(tmp_path / "results" / "pets" / "T-224-224x1-mean.json")
+    median = sorted(result.chosen_c)[1]
+    assert result.final.C == median and result.final.samples == 12
+    assert result.final.chosen_by == f"median of the C chosen on splits 1, 2, 3 ({result.chosen_c_text})"
+    record = json.loads((tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json").read_text())
+    assert record["format_version"] == 2 and record["samples"] == 12 and record["C"] == median
+    assert record["trained_on"] == "all 12 labelled images (the union of the splits)"
+    assert record["descriptor"]["dtype"] == "float32" and record["classifier"]["C"] == median
+    assert record["descriptor"]["weights"]["T"] == {"source": "random:0", "file": None,
+                                                    "digest": record["descriptor"]["weights"]["T"]["digest"]}
+    # the saved classifier is the fit on all 12 images' descriptors with that C
+    data = load_dataset(f"folder:{base}")
+    cache = DescriptorCache(cache_path(data, "T", "random:0", cache_dir=tmp_path / "c"))
+    from featx.aggregate import combine
+    X = combine([cache.load((224,), rows=cache.lookup(data.ids))], "mean")
+    want = OneVsRestSVM(C=median).fit(X, data.labels)
+    got = load_model(tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json").named_steps["svm"]
+    assert np.allclose(got.coef_, want.coef_, atol=1e-6) and np.allclose(got.intercept_, want.intercept_, atol=1e-6)
+    assert f"final model: C={median:g}" in r.output
+
+
+def test_a_model_names_its_weights_file_without_a_path_and_predict_takes_a_local_copy(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+    from featx.nets import NETS, random_state_dict
+    weights = tmp_path / "mine" / "tiny_weights.pth"
+    weights.parent.mkdir()
+    torch.save(random_state_dict(NETS["T"], seed=2), weights)
+    base = tmp_path / "pets"
+    for c in ("cat", "dog"):
+        for i in range(4):
+            make_image(base / c / f"{i}.png", (240, 230), seed=5 * len(c) + 3 * i + ord(c[0]))
+    r = run("svm", f"folder:{base}", "--net", "T", "--weights", weights, "--preprocess", "caffe", "--scales", "224",
+            "--c-grid", "1", "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json"
+    text = model.read_text()
+    assert str(tmp_path) not in text
+    w = json.loads(text)["descriptor"]["weights"]["T"]
+    assert w["source"] == "file" and w["file"] == "tiny_weights.pth" and w["digest"].startswith("tensors:")
+    image = make_image(tmp_path / "new.png", (250, 240), seed=99)
+    # on this machine featx has loaded the file: found by its digest
+    here = run("predict", model, image, "--format", "json", "-q")
+    assert here.exit_code == 0, here.output
+    # elsewhere (another user cache, the file moved) it must be pointed at, and is checked
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "elsewhere"))
+    moved = shutil.move(weights, tmp_path / "copy.pth")
+    r = CliRunner().invoke(main, ["predict", str(model), str(image), "-q"])
+    assert r.exit_code != 0 and "featx has not seen on this machine" in r.output
+    assert "featx predict MODEL --weights T=FILE" in r.output
+    r = run("predict", model, image, "--format", "json", "--weights", f"T={moved}", "-q")
+    assert r.exit_code == 0 and json.loads(r.stdout) == json.loads(here.stdout)
+    other = tmp_path / "other.pth"
+    torch.save(random_state_dict(NETS["T"], seed=3), other)
+    r = CliRunner().invoke(main, ["predict", str(model), str(image), "--weights", str(other), "-q"])
+    assert r.exit_code != 0 and "are not the ones this classifier was trained on" in r.output

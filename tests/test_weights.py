@@ -171,3 +171,42 @@ def test_keras_errors_name_the_tensor(tmp_path, tiny_net):
     (tmp_path / "junk.h5").write_bytes(b"not hdf5")
     with pytest.raises(WeightsError, match="cannot read .*junk.h5 as HDF5"):
         convert_keras_h5(tmp_path / "junk.h5", tiny_net)
+
+
+def test_a_files_tensor_digest_is_remembered_and_recomputed_when_the_file_changes(tmp_path, monkeypatch):
+    import featx.weights as fw
+    path = tmp_path / "t.pth"
+    torch.save(random_state_dict(NETS["T"], seed=3), path)
+    hashed = []
+    real = fw.state_digest
+    monkeypatch.setattr(fw, "state_digest", lambda state, origin="": hashed.append(origin) or real(state, origin))
+    first = load_weights(NETS["T"], path, "caffe")
+    assert len(hashed) == 1 and first.digest.startswith("tensors:")
+    # a later process: resolved without reading the file, then loaded without hashing it
+    assert load_weights(NETS["T"], path, "caffe", tensors=False).digest == first.digest
+    assert load_weights(NETS["T"], path, "caffe").digest == first.digest and len(hashed) == 1
+    assert fw.find_file(first.digest, "tiny") == path.resolve()
+    # other tensors in the same file: size and times differ, so it is hashed again
+    torch.save(random_state_dict(NETS["T"], seed=4), path)
+    assert load_weights(NETS["T"], path, "caffe", tensors=False).digest == ""
+    second = load_weights(NETS["T"], path, "caffe")
+    assert len(hashed) == 2 and second.digest != first.digest and fw.find_file(first.digest, "tiny") is None
+    # a damaged memo is only a cache: ignored, and rewritten
+    fw._digest_memo().write_text("{not json")
+    assert load_weights(NETS["T"], path, "caffe").digest == second.digest and len(hashed) == 3
+    assert fw.remembered_digest(path, "tiny") == second.digest
+
+
+def test_extractors_of_the_same_weights_share_one_net_and_lazy_ones_read_nothing(tmp_path, monkeypatch):
+    import featx.weights as fw
+    path = tmp_path / "t.pth"
+    torch.save(random_state_dict(NETS["T"], seed=5), path)
+    reads = []
+    real = fw._load_pth
+    monkeypatch.setattr(fw, "_load_pth", lambda p: reads.append(p) or real(p))
+    lazy = Extractor("T", scales=(224,), weights=path, preprocess="caffe", device="cpu", lazy=True)
+    assert reads == [] and not lazy.loaded and lazy.provenance()["weights_file"] == str(path)
+    a = Extractor("T", scales=(224,), weights=path, preprocess="caffe", device="cpu")
+    b = Extractor("T", scales=(224, 256), weights=path, preprocess="caffe", device="cpu", batch_size=2)
+    assert len(reads) == 1 and a.model is b.model and lazy.model is a.model
+    assert lazy.weights.digest == a.weights.digest
