@@ -132,12 +132,25 @@ def export_table(d) -> list[str]:
     return out
 
 
+def startup_table(d) -> list[str]:
+    labels = list(dict.fromkeys(r["label"] for r in d["rows"]))
+    steps = list(dict.fromkeys(r["step"] for r in d["rows"]))
+    got = {(r["label"], r["step"]): r["seconds"] for r in d["rows"]}
+    out = [machine(d) + f"; {d['weights']}, Q = {d['scale']}; each step a fresh process, its fastest of 3 "
+           "(the 100-image one: one run)", "",
+           "| step | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
+    out += [f"| {step} | " + " | ".join(f"{got[(lab, step)]:.2f} s" if (lab, step) in got else "" for lab in labels)
+            + " |" for step in steps]
+    return out
+
+
 KINDS = {"extract": ("Extraction", extract_table), "winograd": ("Winograd experiment", winograd_table),
          "dtype_accuracy": ("bfloat16 accuracy on real images", accuracy_table),
          "memory": ("Resident memory on Caltech-101's many image shapes", memory_table),
          "kernels_ab": ("Two kernel choices, interleaved", kernels_ab_table),
          "identity": ("What per-image identity costs", identity_table),
-         "export": ("featx export", export_table)}
+         "export": ("featx export", export_table),
+         "startup": ("Start-up of small jobs", startup_table)}
 
 
 def tables(folder: Path) -> str:

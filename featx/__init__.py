@@ -11,7 +11,7 @@ from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsErr
 # module does) would rebind featx.aggregate to it; importing the functions here wins. numpy only.
 from .aggregate import aggregate, fuse, l2_normalize
 
-__version__ = "0.6.0"
+__version__ = "0.7.0"
 
 _LAZY = {
     "Extractor": "extract", "VGGDescriptor": "transform", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",

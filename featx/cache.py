@@ -267,6 +267,11 @@ class DescriptorCache:
             return {q: (float(f[f"scales/{q}"].attrs.get("wall_seconds", 0.0)),
                         int(f[f"scales/{q}"].attrs.get("timed_rows", 0))) for q in self.scales}
 
+    def timed_on(self) -> dict[int, str]:
+        """{Q: the device its timed rows ran on ("" before featx 0.7, "several machines")}."""
+        with self._reading("timing"), self._open() as f:
+            return {q: str(_read_attr(f[f"scales/{q}"].attrs.get("timed_on", ""))) for q in self.scales}
+
     def missing(self, scales: Sequence[int], rows=None) -> dict[int, np.ndarray]:
         """{Q: rows not done} for the requested rows (all rows when None)."""
         rows = np.arange(len(self)) if rows is None else np.asarray(rows, dtype=np.int64)
@@ -387,22 +392,10 @@ def _no_space(path: Path, e: OSError) -> CacheError:
 
 def _replace_with(path: Path, build) -> None:
     """Make the file's new structure in a temporary copy (build(tmp)), reserve its blocks on
-    disk, and swap it in atomically: a crash or a full disk leaves the old file whole."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    disk, and swap it in atomically (featx.atomic): a crash or a full disk leaves the old file whole."""
+    from .atomic import replacing
+    with replacing(path, reserve=True, kept="every row already committed is kept") as tmp:
         build(tmp)
-        with open(tmp, "r+b") as fh:
-            size = os.fstat(fh.fileno()).st_size
-            if hasattr(os, "posix_fallocate"):
-                os.posix_fallocate(fh.fileno(), 0, size)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise _no_space(path, e) from None
-        raise
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
@@ -585,9 +578,10 @@ class Writer:
         return self.f["errors"][()]
 
     def commit(self, q: int, rows: np.ndarray, descriptors: np.ndarray, failures: dict,
-               seconds: float = 0.0, transient=()) -> None:
+               seconds: float = 0.0, transient=(), timed_on: str = "") -> None:
         """Write rows (and their checksums) and failure reasons, flush, then mark them.
-        seconds: the wall time the batch took, added to the scale's running total (timing).
+        seconds: the wall time the batch took, added to the scale's running total (timing);
+            timed_on: the device it ran on (a CPU model or GPU name), recorded with it.
         transient: the failed rows whose failure may pass (tried again by the next run)."""
         from .identity import DETERMINISTIC, TRANSIENT
         try:
@@ -605,6 +599,9 @@ class Writer:
             if seconds:
                 group.attrs["wall_seconds"] = float(group.attrs.get("wall_seconds", 0.0)) + seconds
                 group.attrs["timed_rows"] = int(group.attrs.get("timed_rows", 0)) + len(rows)
+                if timed_on:  # what the time was measured on (reproduce --dry-run's rate)
+                    before = _read_attr(group.attrs.get("timed_on", timed_on))
+                    group.attrs["timed_on"] = timed_on if before == timed_on else "several machines"
             self.f.flush()
         except OSError as e:
             if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space" in str(e):

@@ -465,8 +465,9 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
       folder:DIR         three seeded splits (half of each class trains), as Caltech
       csv:FILE           its train/val/test column (as VOC), or as folder: without one
 
-    Writes RESULTS_DIR/<dataset>/<run-name>.{csv,md,json} and the classifiers (.joblib, for
-    featx predict).
+    Writes RESULTS_DIR/<dataset>/<run-name>.{csv,md,json}, and the classifiers fit on every
+    labelled image with the validated C (the median over splits): <run-name>.model.json/.npz
+    for featx predict, and <run-name>.joblib, the same Pipeline pickled for Python.
     """
     from .datasets import load_dataset
     from dataclasses import replace
@@ -474,6 +475,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     from .experiment import Config, run
     from .extract import resolve_device
     from .metrics import nanmean
+    from .atomic import check_writable
     from .paths import cache_path, pipelines_dir
     from .pipeline import all_pipelines, matching_pipeline
     from .results import write_result
@@ -491,6 +493,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
                  preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device, dtype=dtype)
     cfg.check(data)
+    check_writable(results_dir / data.name, "--results-dir")  # before the work, not after it
     if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
         extract_nets(nets, weights, data, lambda net: cache_path(data, net, weights[net], dtype, cache_dir, root),
                      rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device,
@@ -555,17 +558,17 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
     import json
     import sys
 
-    from .model import load_model, predict_images, read_model_record
+    from .model import predict_images, read_model, read_model_record
 
     record = read_model_record(model)
-    if record["descriptor"].get("setting") == "image+box":
+    if record.setting == "image+box":
         raise ConfigError(f"{model}: this model needs person boxes (image+box); predict takes whole images only")
-    local = parse_per_net(weights, list(record["descriptor"]["nets"])) if weights else None
-    pipeline = load_model(model, device=device, weights=local)
-    multilabel = bool(record["classifier"]["multilabel"])
-    predictions = predict_images(record, pipeline, images, cache_dir, root, device, progress=not quiet,
+    local = parse_per_net(weights, list(record.nets)) if weights else None
+    saved = read_model(model, device=device, weights=local)
+    multilabel = saved.multilabel
+    predictions = predict_images(saved, images, cache_dir, root, device, progress=not quiet,
                                  log=lambda m: click.echo(m, err=True))
-    k = top or (3 if fmt == "table" else len(record["classes"]))
+    k = top or (3 if fmt == "table" else len(record.classes))
     if fmt == "table":
         for p in predictions:
             click.echo(f"{p.path}: " + (", ".join(f"{c} {v:+.2f}" for c, v in p.top(k)) if p.scores is not None
@@ -583,10 +586,10 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
                 w.writerow([p.path, ";".join(p.labels(multilabel)),
                             *(v for i in range(k) for v in (best[i] if i < len(best) else ("", ""))), p.error])
         else:  # every class's score, a column each
-            w.writerow(["path", "predicted", *record["classes"], "error"])
+            w.writerow(["path", "predicted", *record.classes, "error"])
             for p in predictions:
                 w.writerow([p.path, ";".join(p.labels(multilabel)),
-                            *((p.scores[c] for c in record["classes"]) if p.scores is not None else [""] * len(record["classes"])),
+                            *((p.scores[c] for c in record.classes) if p.scores is not None else [""] * len(record.classes)),
                             p.error])
     failed = sum(p.scores is None for p in predictions)
     if failed:
@@ -689,8 +692,10 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
         # each job at its cache's own measured rate where it has one; else this CPU model's bench
         # figures; else a measurement of a second
         default = Rate(gflops, "--gflops") if gflops else bench_rate(dtype, device) or quick_rate(device, dtype)
-        rates = [default if gflops or c is None or not c.cache.is_file() else cache_rate(c.cache, job.net) or default
-                 for job, c, _ in costs]
+        from .update import device_name
+        here = device_name(device=device)
+        rates = [default if gflops or c is None or not c.cache.is_file() else cache_rate(c.cache, job.net, here)
+                 or default for job, c, _ in costs]
         click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
         click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
                    f"{'TFLOP':>10}{'time':>10}{'GFLOP/s':>9}  note")
@@ -712,13 +717,15 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
                        "machine, the rate above was measured on a shared device and the time is too long "
                        "(give --gflops)")
         return
+    from .atomic import check_writable
+    check_writable(results_dir, "--results-dir")  # before hours of extraction, not after them
     results, skipped = run_pipelines(chosen, root, cache, results_dir, solver=solver, device=device, dtype=dtype,
                                      batch_size=batch_size, progress=not quiet,
                                      command=command_of(click.get_current_context()),
                                      log=lambda m: click.echo(m, err=True), weight_files=files)
     for name, result in results.items():
         click.echo(f"{name}: {result.headline_text()}")
-    report = write_report(results_dir, all_pipelines(folder))
+    report = write_report(results_dir, all_pipelines(folder), log=lambda m: click.echo(m, err=True))
     click.echo(f"report: {report}")
     if skipped:
         for name, why in skipped.items():
@@ -737,4 +744,6 @@ def report(results_dir, pipelines_option):
     from .pipeline import all_pipelines
     from .report import write_report
 
-    click.echo(f"report: {write_report(results_dir, all_pipelines(pipelines_dir(pipelines_option)))}")
+    report = write_report(results_dir, all_pipelines(pipelines_dir(pipelines_option)),
+                          log=lambda m: click.echo(m, err=True))
+    click.echo(f"report: {report}")

@@ -106,24 +106,29 @@ class Rate:
     source: str
 
 
-def cache_rate(path, net: str, flip: bool = True) -> Rate | None:
-    """What the cache's own extraction reached: the FLOPs of its timed rows (at each Q, its done
+def cache_rate(path, net: str, device_name: str, flip: bool = True) -> Rate | None:
+    """What the cache's own extraction reached on this device (device_name: a CPU model or GPU
+    name, as featx.update.device_name gives): the FLOPs of its timed rows (at each Q, its done
     rows' mean cost) over the wall time the writers recorded with them (decoding, resizing and
-    writes included). None where it holds no timed rows."""
+    writes included). Scales timed on another device are left out; scales timed before featx
+    0.7 recorded no device and are used, and the source says so. None: no such timed rows."""
     from .cache import DONE, DescriptorCache
     cache = DescriptorCache(path)
-    sizes, flops, seconds, timed = cache.sizes(), 0.0, 0.0, 0
+    where = cache.timed_on()
+    sizes, flops, seconds, timed, unrecorded = cache.sizes(), 0.0, 0.0, 0, False
     for q, (spent, n) in cache.timing().items():
         done = np.flatnonzero(cache.status(q) == DONE)
         done = done[sizes[done, 0] > 0]
-        if spent <= 0 or n <= 0 or not len(done):
+        if spent <= 0 or n <= 0 or not len(done) or where[q] not in ("", device_name):
             continue
+        unrecorded |= where[q] == ""
         shapes, counts = np.unique(sizes[done], axis=0, return_counts=True)
         per_row = sum(c * descriptor_flops(net, tuple(map(int, hw)), q, flip) for hw, c in zip(shapes, counts)) / len(done)
         flops, seconds, timed = flops + per_row * n, seconds + spent, timed + n
     if not seconds:
         return None
-    return Rate(flops / seconds / 1e9, f"its cache's own extraction ({timed:,} timed image x scale pairs)")
+    return Rate(flops / seconds / 1e9, f"its cache's own extraction ({timed:,} timed image x scale pairs"
+                + (", on a device it did not record: featx before 0.7)" if unrecorded else f" on {device_name})"))
 
 
 def bench_rate(dtype: str = "float32", device="cpu") -> Rate | None:

@@ -38,3 +38,8 @@ class ConfigError(FeatxError, ValueError):
 
 class EngineError(FeatxError):
     """A distributed run failed on its workers; rows already committed are kept."""
+
+
+class OutputError(FeatxError):
+    """A file featx writes could not be written (a full disk, a read-only folder); what was
+    there before is kept, and the message says so."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,20 +131,23 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
     dims = ({f"{net}@{q}": c.dim for net, c in caches.items() for q in scales} if aggregate is None else
             {"descriptor": sum(c.dim * (len(scales) if aggregate == "stack" else 1) for c in caches.values())})
     writer = _write_parquet if format == "parquet" else _write_npy
-    writer(out, meta, dims, chunks(), provenance, keep, caches)
+    try:
+        writer(out, meta, dims, chunks(), provenance, keep, caches)
+    except OSError as e:  # a full disk, a read-only folder: the temporaries are gone
+        from .atomic import write_error
+        raise write_error(out, e) from None
     return ExportSummary(out, len(keep), list(meta) + list(dims), skipped)
 
 
 def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    from .atomic import temporary
+    return temporary(path)
 
 
 def _replace(tmp: Path, path: Path) -> None:
-    """fsync and rename into place: a reader sees the old file or the whole new one."""
-    if tmp.is_file():
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """fsync and rename into place (featx.atomic): a reader sees the old file or the whole new one."""
+    from .atomic import commit
+    commit(tmp, path)
 
 
 def _write_parquet(out, meta, dims, chunks, provenance, keep, caches):

@@ -12,7 +12,10 @@ so `featx predict` never unpickles anything: a model file from someone else cann
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,19 +62,82 @@ def model_record(result, trained_on: str) -> dict:
 
 
 def save_model(path, record: dict, svm) -> tuple[Path, Path]:
-    """Write the model's JSON record and arrays. record: descriptor and classes (see module doc)."""
+    """Write the model's arrays, then its JSON record holding their SHA-256 and its own
+    (featx.atomic: a kill leaves the old pair or a record that refuses the new arrays).
+    record: descriptor and classes (see module doc)."""
+    import io
+
     from . import __version__
+    from .atomic import write_bytes, write_text
     json_path, npz_path = model_paths(path)
+    buffer = io.BytesIO()
+    np.savez(buffer, coef=svm.coef_, intercept=svm.intercept_, classes=np.asarray(svm.classes_))
+    arrays = buffer.getvalue()
     meta = dict(record, format=FORMAT, format_version=FORMAT_VERSION, featx_version=__version__,
                 classifier={"kind": "OneVsRestSVM", "C": float(svm.C), "solver": svm.solver,
                             "multilabel": bool(svm.multilabel_), "n_features": int(svm.n_features_in_)},
-                arrays=npz_path.name)
-    np.savez(npz_path, coef=svm.coef_, intercept=svm.intercept_, classes=np.asarray(svm.classes_))
-    json_path.write_text(json.dumps(meta, indent=2, default=str))
+                arrays=npz_path.name, arrays_sha256=hashlib.sha256(arrays).hexdigest())
+    meta = json.loads(json.dumps(meta, default=str))  # as it will read back
+    meta["record_sha256"] = record_checksum(meta)
+    write_bytes(npz_path, arrays)
+    write_text(json_path, json.dumps(meta, indent=2))
     return json_path, npz_path
 
 
-def read_model_record(path) -> dict:
+def record_checksum(meta: dict) -> str:
+    """SHA-256 of a record's content (every field but this checksum, keys sorted): a record
+    edited by hand no longer matches it."""
+    body = {k: v for k, v in meta.items() if k != "record_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class WeightsRef:
+    """The weights a classifier was trained on: their source, the file's name, the tensor digest."""
+
+    source: str  # torchvision, caffe, random:N, or file
+    file: str | None
+    digest: str
+    given: str | None = None  # format 1 records: the source as it was given (maybe a path)
+
+
+@dataclass(frozen=True)
+class ModelRecord:
+    """A saved classifier's RUN.model.json, every field checked (read_model_record)."""
+
+    path: Path
+    format_version: int
+    nets: tuple
+    scales: tuple
+    aggregate: str
+    setting: str
+    weights: dict  # net -> WeightsRef
+    preprocess: dict  # net -> preprocessing name (or None)
+    flip: bool
+    dtype: str
+    classes: tuple  # class names, in the order the scores are reported
+    multilabel: bool
+    C: float
+    solver: str
+    n_features: int
+    trained_on: str
+    arrays: str  # the .npz file's name
+    arrays_sha256: str | None  # None: format 1 (unchecked)
+    featx_version: str
+
+    @property
+    def digests(self) -> dict:
+        return {net: w.digest for net, w in self.weights.items()}
+
+
+def read_model_record(path) -> ModelRecord:
+    """RUN.model.json as a ModelRecord; anything featx svm would not have written (a field
+    missing or of the wrong type or value, a record changed since, an unknown format) is one
+    ConfigError naming the file and the field."""
+    from .aggregate import AGGREGATIONS
+    from .paths import COMPUTE_TYPES
+    from .specs import NETS, get_spec
+    from .weights import PREPROCESS
     json_path, _ = model_paths(path)
     if not json_path.is_file():
         raise ConfigError(f"{path}: no featx model record at {json_path} (featx svm writes "
@@ -82,32 +148,146 @@ def read_model_record(path) -> dict:
         raise ConfigError(f"{json_path}: not a featx model record (not JSON: {e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ConfigError(f"{json_path}: not a featx model record")
-    if meta.get("format_version") not in (1, FORMAT_VERSION):
-        raise ConfigError(f"{json_path}: a featx model of format {meta.get('format_version')} (written by "
-                          f"featx {meta.get('featx_version')}); this featx reads formats 1 and {FORMAT_VERSION}. "
+    version = meta.get("format_version")
+    if version not in (1, FORMAT_VERSION):
+        raise ConfigError(f"{json_path}: a featx model of format {version!r} (written by featx "
+                          f"{meta.get('featx_version')}); this featx reads formats 1 and {FORMAT_VERSION}. "
                           "Train it again with this version (featx svm)")
-    if meta["format_version"] == 1:  # weights as the source string they were given as
-        d = meta["descriptor"]
-        d["weights"] = {n: {"source": w, "file": None, "digest": (d.get("weights_digest") or {}).get(n), "given": w}
-                        for n, w in d["weights"].items()}
-    return meta
+    if version >= 2 and meta.get("record_sha256") != record_checksum(meta):
+        raise ConfigError(f"{json_path}: the record was changed after featx svm wrote it (its checksum "
+                          "does not match); train again, or use the record as it was written")
+
+    def bad(key, why):
+        return ConfigError(f"{json_path}: {key} {why}")
+
+    def get(obj, key, kind, where=""):
+        name = f"{where}{key}"
+        if not isinstance(obj, dict) or key not in obj:
+            raise bad(name, "is missing")
+        value = obj[key]
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise bad(name, f"must be {getattr(kind, '__name__', kind)}, got {value!r}")
+        return value
+
+    d = get(meta, "descriptor", dict)
+    nets = get(d, "nets", list, "descriptor.")
+    if not nets or len(set(map(str, nets))) != len(nets) or not all(n in NETS for n in nets):
+        raise bad("descriptor.nets", f"must name distinct nets of {', '.join(NETS)}, got {nets!r}")
+    scales = get(d, "scales", list, "descriptor.")
+    smallest = max(get_spec(n).min_side for n in nets)
+    if not scales or len(set(scales)) != len(scales) or not all(
+            isinstance(q, int) and not isinstance(q, bool) and q >= smallest for q in scales):
+        raise bad("descriptor.scales", f"must be distinct integers >= {smallest}, got {scales!r}")
+    aggregate = get(d, "aggregate", str, "descriptor.")
+    if aggregate not in AGGREGATIONS:
+        raise bad("descriptor.aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
+    setting = get(d, "setting", str, "descriptor.")
+    if setting not in ("image", "image+box"):
+        raise bad("descriptor.setting", f"must be image or image+box, got {setting!r}")
+    flip = get(d, "flip", bool, "descriptor.")
+    dtype = d.get("dtype", "float32") if version == 1 else get(d, "dtype", str, "descriptor.")
+    if dtype not in COMPUTE_TYPES:
+        raise bad("descriptor.dtype", f"must be one of {', '.join(COMPUTE_TYPES)}, got {dtype!r}")
+    preprocess = d.get("preprocess") or {}
+    if not isinstance(preprocess, dict) or not all(v is None or v in PREPROCESS for v in preprocess.values()):
+        raise bad("descriptor.preprocess", f"must map nets to {' or '.join(PREPROCESS)}, got {preprocess!r}")
+    given = get(d, "weights", dict, "descriptor.")
+    if set(given) != set(nets):
+        raise bad("descriptor.weights", f"must name the weights of each net {nets}, got {sorted(given)}")
+    weights = {}
+    for net in nets:
+        if version == 1:  # the source as given, the digest beside it
+            source = get(given, net, str, "descriptor.weights.")
+            digest = (d.get("weights_digest") or {}).get(net)
+            ref = WeightsRef(source, None, digest, given=source)
+        else:
+            w = get(given, net, dict, "descriptor.weights.")
+            file = w.get("file")
+            if file is not None and not isinstance(file, str):
+                raise bad(f"descriptor.weights.{net}.file", f"must be a file name or null, got {file!r}")
+            ref = WeightsRef(get(w, "source", str, f"descriptor.weights.{net}."), file, w.get("digest"))
+        if not (isinstance(ref.digest, str) and re.fullmatch(r"tensors:[0-9a-f]{64}", ref.digest)):
+            raise bad(f"descriptor.weights.{net}.digest", "must be the weights' tensor digest (tensors:<64 hex>), "
+                      f"got {ref.digest!r}: without it the weights cannot be checked")
+        weights[net] = ref
+    classes = get(meta, "classes", list)
+    if len(classes) < 2 or not all(isinstance(c, str) and c for c in classes) or len(set(classes)) != len(classes):
+        raise bad("classes", f"must be at least two distinct class names, got {classes!r}")
+    c = get(meta, "classifier", dict)
+    if get(c, "kind", str, "classifier.") != "OneVsRestSVM":
+        raise bad("classifier.kind", f"must be OneVsRestSVM, got {c['kind']!r}")
+    C = get(c, "C", float, "classifier.")
+    if not (math.isfinite(C) and C > 0):
+        raise bad("classifier.C", f"must be a positive number, got {C!r}")
+    n_features = get(c, "n_features", int, "classifier.")
+    views = 2 if setting == "image+box" else 1
+    want = views * sum(get_spec(n).fc_dim * (len(scales) if aggregate == "stack" else 1) for n in nets)
+    if n_features != want:
+        raise bad("classifier.n_features", f"is {n_features}, but the descriptor has {want} features")
+    arrays_sha256 = None if version == 1 else get(meta, "arrays_sha256", str)
+    trained_on = meta.get("trained_on", "")
+    return ModelRecord(json_path, version, tuple(nets), tuple(scales), aggregate, setting, weights, dict(preprocess),
+                       flip, dtype, tuple(classes), get(c, "multilabel", bool, "classifier."), C,
+                       get(c, "solver", str, "classifier."), n_features, str(trained_on),
+                       meta.get("arrays") or model_paths(path)[1].name, arrays_sha256, str(meta.get("featx_version")))
 
 
-def weights_for(record: dict, local: dict | None = None) -> dict:
+def read_arrays(record: ModelRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(coef, intercept, classes) from the record's .npz, checked against the record: its
+    checksum, shapes, finite float coefficients, class indices into the record's classes."""
+    import io
+    npz_path = record.path.with_name(record.arrays)
+    try:
+        data = npz_path.read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{npz_path}: cannot read the model's arrays ({e.strerror or e})") from None
+    if record.arrays_sha256 is not None and hashlib.sha256(data).hexdigest() != record.arrays_sha256:
+        raise ConfigError(f"{npz_path}: not the arrays {record.path.name} was written with (its checksum differs: "
+                          "changed since, or a later featx svm run was interrupted); train again")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            coef, intercept, classes = z["coef"], z["intercept"], z["classes"]
+    except (OSError, KeyError, ValueError) as e:
+        raise ConfigError(f"{npz_path}: cannot read the model's arrays ({e})") from None
+    k = len(intercept)
+    if coef.dtype.kind != "f" or intercept.dtype.kind != "f" or not (np.isfinite(coef).all() and np.isfinite(intercept).all()):
+        raise ConfigError(f"{npz_path}: coefficients must be finite floating-point numbers")
+    if coef.shape != (k, record.n_features) or intercept.shape != (k,):
+        raise ConfigError(f"{npz_path}: coefficients of shape {coef.shape} do not fit the record "
+                          f"({k} classes x {record.n_features} features)")
+    binary = k == 1 and len(record.classes) == 2 and not record.multilabel
+    if classes.dtype.kind in "iu":
+        if len(classes) != (2 if binary else k) or len(set(classes.tolist())) != len(classes) or \
+                not all(0 <= int(i) < len(record.classes) for i in classes):
+            raise ConfigError(f"{npz_path}: the SVMs' classes {classes.tolist()} do not index the record's "
+                              f"{len(record.classes)} classes")
+    else:
+        raise ConfigError(f"{npz_path}: the SVMs' classes must be indices into the record's class list")
+    return coef, intercept, classes
+
+
+def weights_for(record: ModelRecord, local: dict | None = None) -> dict:
     """Per net, what to load the record's weights from: `local[net]` (a copy the user points
     at: FILE, checked by digest after loading) for any source; a named source (torchvision,
-    caffe, random:N) as itself; weights that came from a file, a file featx has seen on this
-    machine with the same tensors (featx.weights.find_file). Otherwise a ConfigError saying
-    which weights to give."""
-    from .weights import describe_weights, find_file
+    caffe) from torch's hub cache, or else from a file featx has loaded on this machine with the
+    same tensors (featx.weights.find_file); random:N as itself; weights that came from a file,
+    such a file. Otherwise a ConfigError saying which weights to give."""
+    from .weights import CAFFE_URLS, TORCHVISION_URLS, describe_weights, find_file, hub_path
     out = {}
-    for net, w in record["descriptor"]["weights"].items():
-        source, digest = w["source"], w.get("digest")
+    for net, w in record.weights.items():
+        source, digest = w.source, w.digest
         if (local or {}).get(net):
             given = str(local[net])
             out[net] = f"{source}:{given}" if source in ("torchvision", "caffe") else given
-        elif "given" in w:  # format 1
-            out[net] = w["given"]
+        elif w.given is not None:  # format 1
+            out[net] = w.given
+        elif source in ("torchvision", "caffe"):
+            urls = TORCHVISION_URLS if source == "torchvision" else CAFFE_URLS
+            url = urls.get(record_arch(net))
+            found = None if url and hub_path(url).is_file() or not digest else find_file(digest, record_arch(net))
+            out[net] = f"{source}:{found}" if found else source
         elif source != "file":
             out[net] = source
         else:
@@ -115,7 +295,7 @@ def weights_for(record: dict, local: dict | None = None) -> dict:
             if found is None:
                 known = describe_weights(digest)
                 raise ConfigError(
-                    f"this model's Net-{net} weights came from a file ({w.get('file') or 'unnamed'}, tensors "
+                    f"this model's Net-{net} weights came from a file ({w.file or 'unnamed'}, tensors "
                     f"{str(digest)[8:20]}...{f': {known}' if known else ''}) that featx has not seen on this "
                     f"machine; point at a copy: featx predict MODEL --weights {net}=FILE "
                     f"(in Python: load_model(MODEL, weights={{{net!r}: FILE}}))")
@@ -128,34 +308,71 @@ def record_arch(net: str) -> str:
     return get_spec(net).arch
 
 
-def load_model(path, device="auto", weights: dict | None = None):
-    """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path.
+@dataclass
+class SavedModel:
+    """A saved classifier as featx predict uses it, without scikit-learn: the record, the SVMs'
+    arrays, and the Descriptor (featx.descriptor) that makes what they score."""
+
+    record: dict
+    coef: np.ndarray  # (n_svms, n_features)
+    intercept: np.ndarray
+    classes: np.ndarray  # the SVMs' classes: indices into record.classes
+    descriptor: object  # featx.descriptor.Descriptor
+
+    @property
+    def multilabel(self) -> bool:
+        return self.record.multilabel
+
+    def decision_function(self, X: np.ndarray) -> np.ndarray:
+        """As OneVsRestSVM.decision_function: (n, n_classes), or (n,) for two classes."""
+        scores = np.asarray(X, np.float64) @ self.coef.T + self.intercept
+        return scores[:, 0] if scores.shape[1] == 1 and not self.multilabel else scores
+
+    def by_class(self, scores: np.ndarray) -> list[dict]:
+        """Scores (n, n_svms), or (n,) for two classes, as {class name: score} per image."""
+        if scores.ndim == 1:  # two classes: one score, positive for the second
+            scores = np.stack([-scores, scores], axis=1)
+        names = [self.record.classes[int(c)] for c in self.classes]
+        return [dict(zip(names, map(float, row))) for row in np.atleast_2d(scores)]
+
+    def check_weights(self) -> None:
+        """Refuse to predict with weights other than those the classifier was trained on."""
+        for net, want in self.record.digests.items():
+            got = self.descriptor.extractor(net).weights.digest
+            if want and got != want:
+                raise ConfigError(f"the Net-{net} weights found now ({self.descriptor.weights_of(net)}) are not the "
+                                  "ones this classifier was trained on (their tensors differ); give the same weights")
+
+
+def read_model(path, device="auto", weights: dict | None = None) -> SavedModel:
+    """The classifier saved at path, ready to score images (featx predict).
 
     weights: {net: FILE}, local copies of the weights the model was trained with (featx
     predict --weights); checked against the record's digest when they are first used."""
+    from .descriptor import Descriptor
+    record = read_model_record(path)
+    coef, intercept, classes = read_arrays(record)
+    descriptor = Descriptor(nets=record.nets, scales=record.scales, aggregate=record.aggregate,
+                            weights=weights_for(record, weights), preprocess=record.preprocess or None,
+                            flip=record.flip, device=device, dtype=record.dtype)
+    return SavedModel(record, coef, intercept, classes, descriptor)
+
+
+def load_model(path, device="auto", weights: dict | None = None):
+    """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path; weights
+    as for read_model."""
+    from dataclasses import asdict
+
     from sklearn.pipeline import Pipeline
 
     from .classifiers import OneVsRestSVM
     from .transform import VGGDescriptor
-
-    meta = read_model_record(path)
-    _, npz_path = model_paths(path)
-    try:
-        with np.load(npz_path, allow_pickle=False) as z:
-            coef, intercept, classes = z["coef"], z["intercept"], z["classes"]
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"{npz_path}: cannot read the model's arrays ({e})") from None
-    c, d = meta["descriptor"], meta["classifier"]
-    if coef.shape != (len(intercept), d["n_features"]):
-        raise ConfigError(f"{npz_path}: coefficients of shape {coef.shape} do not fit the record "
-                          f"({len(intercept)} classes x {d['n_features']} features)")
-    svm = OneVsRestSVM(C=d["C"], solver=d["solver"])
-    svm.coef_, svm.intercept_, svm.classes_ = coef, intercept, classes
-    svm.multilabel_, svm.n_features_in_ = d["multilabel"], d["n_features"]
-    vgg = VGGDescriptor(nets=tuple(c["nets"]), scales=tuple(c["scales"]), aggregate=c["aggregate"],
-                        weights=weights_for(meta, weights), preprocess=c.get("preprocess") or None, flip=c["flip"],
-                        device=device, dtype=c.get("dtype", "float32"))
-    return Pipeline([("vgg", vgg), ("svm", svm)])
+    model = read_model(path, device, weights)
+    r = model.record
+    svm = OneVsRestSVM(C=r.C, solver=r.solver)
+    svm.coef_, svm.intercept_, svm.classes_ = model.coef, model.intercept, model.classes
+    svm.multilabel_, svm.n_features_in_ = r.multilabel, r.n_features
+    return Pipeline([("vgg", VGGDescriptor(**asdict(model.descriptor))), ("svm", svm)])
 
 
 @dataclass
@@ -180,16 +397,7 @@ class Prediction:
         return sorted(((c, v) for c, v in (self.scores or {}).items()), key=lambda cv: -cv[1])[:k]
 
 
-def _by_class(record: dict, svm, scores: np.ndarray) -> list[dict]:
-    """SVM scores (n, n_svm_classes), or (n,) for two classes, as {class name: score} per image."""
-    if scores.ndim == 1:  # two classes: one score, positive for the second
-        scores = np.stack([-scores, scores], axis=1)
-    names = [record["classes"][int(c)] if np.asarray(svm.classes_).dtype.kind in "iu" else str(c)
-             for c in svm.classes_]
-    return [dict(zip(names, map(float, row))) for row in np.atleast_2d(scores)]
-
-
-def predict_images(record: dict, pipeline, inputs, cache_dir=None, root=None, device="auto",
+def predict_images(model: SavedModel, inputs, cache_dir=None, root=None, device="auto",
                    progress: bool = True, log=print) -> list[Prediction]:
     """A saved model applied to image files, folders (searched recursively) and list files
     (one path per line); one Prediction per image, in the order given, failures included.
@@ -199,15 +407,14 @@ def predict_images(record: dict, pipeline, inputs, cache_dir=None, root=None, de
     computes only new or changed images. Loose image files are computed directly."""
     from .datasets import load_image_list
     from .images import IMAGE_EXTENSIONS
-    svm = pipeline.named_steps["svm"]
     out, files = [], []
 
     def flush():
         if not files:
             return
-        check_weights(pipeline, record)
-        X, ok, failed = pipeline.named_steps["vgg"].transform_readable(files)
-        scores = iter(_by_class(record, svm, svm.decision_function(X)) if len(ok) else [])
+        model.check_weights()
+        X, ok, failed = model.descriptor.readable(files)
+        scores = iter(model.by_class(model.decision_function(X)) if len(ok) else [])
         out.extend(Prediction(f, None, failed[i]) if i in failed else Prediction(f, next(scores))
                    for i, f in enumerate(files))
         files.clear()
@@ -218,15 +425,15 @@ def predict_images(record: dict, pipeline, inputs, cache_dir=None, root=None, de
             continue
         flush()
         data = load_image_list(item)
-        ids, scores, failed = scores_of_image_set(record, pipeline, data, cache_dir, root, device, progress, log)
-        scored = dict(zip(ids, _by_class(record, svm, scores) if len(ids) else []))
+        ids, scores, failed = scores_of_image_set(model, data, cache_dir, root, device, progress, log)
+        scored = dict(zip(ids, model.by_class(scores) if len(ids) else []))
         out.extend(Prediction(p, scored[i]) if i in scored else Prediction(p, None, failed[i])
                    for i, p in zip(data.ids, data.items))
     flush()
     return out
 
 
-def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=None, device="auto",
+def scores_of_image_set(model: SavedModel, images, cache_dir=None, root=None, device="auto",
                         progress: bool = True, log=print):
     """A saved model's scores for every image of an image set (featx.datasets.ImageSet), through
     the set's own caches (featx.paths.cache_path, as featx extract writes them): what they lack
@@ -239,38 +446,23 @@ def scores_of_image_set(record: dict, pipeline, images, cache_dir=None, root=Non
     from .paths import cache_path
     from .update import update_caches
 
-    d = record["descriptor"]
-    nets, scales, dtype = list(d["nets"]), tuple(d["scales"]), d.get("dtype", "float32")
-    weights = dict(pipeline.named_steps["vgg"].weights)  # where load_model found them
+    r = model.record
+    nets, scales, dtype = list(r.nets), r.scales, r.dtype
+    weights = dict(model.descriptor.weights)  # where read_model found them
+    model.check_weights()  # before anything is computed into a cache
     path_for = {net: cache_path(images, net, weights[net], dtype, cache_dir, root) for net in nets}
     for summary in update_caches(nets, images.items, images.ids, images.name, path_for.get, weights,
-                                 d.get("preprocess") or None, progress=progress, log=log,
+                                 r.preprocess or None, progress=progress, log=log,
                                  source=str(images.source.resolve()) if images.source else "",
-                                 scales=scales, flip=d["flip"], device=device, dtype=dtype):
+                                 scales=scales, flip=r.flip, device=device, dtype=dtype):
         log(str(summary))
     caches = {net: DescriptorCache(p) for net, p in path_for.items()}
-    for net, want in weights_digests(record).items():
+    for net, want in r.digests.items():
         if want and caches[net].attrs.get("weights_digest") != want:
             raise ConfigError(f"{path_for[net]} was computed with other Net-{net} weights than this "
                               "classifier was trained on (their tensors differ)")
     rows, ok, failed = usable_rows(caches, images.ids, scales)
     if not ok.any():
-        return [], np.empty((0, len(record["classes"]))), failed
-    X = combine((caches[net].load(scales, rows=rows[net][ok]) for net in nets), d["aggregate"])
-    return [i for i, good in zip(images.ids, ok) if good], pipeline.named_steps["svm"].decision_function(X), failed
-
-
-def weights_digests(record: dict) -> dict:
-    """{net: the tensor digest of the weights the classifier was trained on (None: unknown)}."""
-    return {net: w.get("digest") for net, w in record["descriptor"]["weights"].items()}
-
-
-def check_weights(pipeline, record: dict) -> None:
-    """Refuse to predict with weights other than those the classifier was trained on."""
-    vgg = pipeline.named_steps["vgg"]
-    for net, want in weights_digests(record).items():
-        got = vgg.weights_digest(net)
-        if want and got != want:
-            source = vgg.weights.get(net) if isinstance(vgg.weights, dict) else vgg.weights
-            raise ConfigError(f"the Net-{net} weights found now ({source}) are not the ones this classifier was "
-                              "trained on (their tensors differ); give the same weights")
+        return [], np.empty((0, len(r.classes))), failed
+    X = combine((caches[net].load(scales, rows=rows[net][ok]) for net in nets), r.aggregate)
+    return [i for i, good in zip(images.ids, ok) if good], model.decision_function(X), failed

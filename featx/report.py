@@ -11,7 +11,7 @@ import numpy as np
 
 from .datasets import DATASETS
 from .pipeline import Pipeline
-from .results import Result, load_result, read_result
+from .results import Result, read_result
 
 BENCH_FIGURES = "bench"  # RESULTS_DIR/bench: benchmark figures per machine, not protocol runs
 
@@ -126,9 +126,19 @@ def per_class_figure(csv_path: Path, out: Path, title: str) -> Path:
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out)
     return out
+
+
+def _save(fig, out: Path) -> None:
+    """A figure written whole or not at all (featx.atomic)."""
+    import matplotlib.pyplot as plt
+    from .atomic import replacing
+    try:
+        with replacing(out) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], out: Path) -> Path:
@@ -148,18 +158,42 @@ def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], o
     ax.set_xticks(x, [b[0] for b in bars], rotation=20, ha="right", fontsize=8)
     ax.set_ylabel("mAP, %" if dataset.startswith("voc") else "mean class recall, %")
     ax.set_title(f"{dataset} (green: the Table 11 setting)", fontsize=10)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
+    _save(fig, out)
     return out
 
 
-def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
-    """Write results_dir/README.md and results_dir/figures/*.png from the result files there."""
+def usable_result(path: Path, log) -> Result | None:
+    """The result at path, or None (and a line through log) where it cannot be shown: it does
+    not parse, or the files beside it are not those written with it (an interrupted run)."""
+    from .errors import FeatxError
+    from .results import check_files
+    try:
+        result = read_result(path)
+        problems = check_files(result)
+        if not problems and result.path.with_suffix(".csv").is_file():
+            import pandas as pd
+            pd.read_csv(result.path.with_suffix(".csv"), nrows=1)
+    except (FeatxError, ValueError, OSError) as e:
+        problems = [str(e)]
+    if problems:
+        log(f"report: left out {path}: {problems[0]}")
+        return None
+    return result
+
+
+def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Path:
+    """Write results_dir/README.md and results_dir/figures/*.png from the result files there.
+    A result that cannot be read, or whose files are not one run's, is left out (its row says
+    not run) and named through log; the others are reported."""
+    from .atomic import write_text
     results_dir = Path(results_dir)
     figures = results_dir / "figures"
     figures.mkdir(parents=True, exist_ok=True)
-    results = {p.name: load_result(results_dir, p.dataset, p.name) for p in pipelines}
-    results = {k: v for k, v in results.items() if v is not None}
+    results = {}
+    for p in pipelines:
+        path = results_dir / p.dataset / f"{p.name}.json"
+        if path.is_file() and (r := usable_result(path, log)) is not None:
+            results[p.name] = r
     lines = ["# featx results", "",
              "Written by `featx reproduce` / `featx report` from the result files in this folder; "
              "every number below comes from a run recorded next to it "
@@ -205,7 +239,9 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                   "| dataset | run | result | nets, weights, scales | C | evaluated on | command |",
                   "|---|---|---|---|---|---|---|"]
         for path in others:
-            r = read_result(path)
+            r = usable_result(path, log)
+            if r is None:
+                continue
             cfg = r.config
             lines.append(f"| {r.dataset} | [{path.stem}]({path.parent.name}/{path.stem}.md) | "
                          f"{r.metric} {_fmt(r.headline, r.headline_std)} | "
@@ -214,6 +250,4 @@ def write_report(results_dir: Path, pipelines: list[Pipeline]) -> Path:
                          f"{r.chosen_c_text} | {r.evaluated_on} | "
                          f"`{r.command}` |")
         lines.append("")
-    out = results_dir / "README.md"
-    out.write_text("\n".join(lines))
-    return out
+    return write_text(results_dir / "README.md", "\n".join(lines))

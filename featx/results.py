@@ -91,6 +91,7 @@ class Result:
     versions: dict = field(default_factory=dict)
     written: str = ""
     final: FinalModel | None = None  # the saved classifier (results before featx 0.7: none)
+    files: dict = field(default_factory=dict)  # the run's other files, written first: name -> sha256
     path: Path | None = field(default=None, compare=False)  # the JSON file it was read from
 
     def headline_text(self) -> str:
@@ -178,31 +179,63 @@ def _versions() -> dict:
 def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
     """results/<dataset>/<run>.{csv,md,json} and the classifier to deploy (Result.final: fit on
     every labelled image with the validated C) as <run>.model.json/.npz, which featx predict
-    reads without unpickling, and <run>.joblib, the same scikit-learn Pipeline pickled."""
+    reads without unpickling, and <run>.joblib, the same scikit-learn Pipeline pickled.
+
+    Each file is written atomically (featx.atomic), the .json last, holding the SHA-256 of the
+    others: a run killed half-way leaves the old .json, which then names the files that no
+    longer match it (check_files), never a truncated file."""
+    import io
+
     import joblib
     import pandas as pd
-    from .model import load_model, save_model
+    from .atomic import check_writable, replacing, write_text
+    from .model import load_model, model_record, save_model
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    check_writable(out_dir, "--results-dir")
     table = pd.DataFrame([{"split": r.split, "class": cls} | {k: float(v[c]) for k, v in r.scores.items()}
                           for r in result.runs for c, cls in enumerate(result.classes)])
-    csv_path = out_dir / f"{run_name}.csv"
-    table.to_csv(csv_path, index=False)
     json_path = out_dir / f"{run_name}.json"
     # what the file records of its writing; the caller's Result is left as it was
     result = dataclasses.replace(result, versions=_versions(), written=time.strftime("%Y-%m-%d %H:%M:%S %z"),
                                  path=json_path)
-    json_path.write_text(json.dumps(result.to_json(), indent=2, default=str))
-    md_path = out_dir / f"{run_name}.md"
-    md_path.write_text(render_markdown(result, table, run_name))
-
-    from .model import model_record
+    csv_path = write_text(out_dir / f"{run_name}.csv", table.to_csv(index=False))
+    md_path = write_text(out_dir / f"{run_name}.md", render_markdown(result, table, run_name))
     final = result.final
     record = model_record(result, trained_on=final.trained_on if final else result.runs[0].trained_on)
     model_json, model_npz = save_model(out_dir / run_name, record, final.model if final else result.runs[0].model)
     model_path = out_dir / f"{run_name}.joblib"
-    joblib.dump(load_model(model_json, device="cpu"), model_path)
+    buffer = io.BytesIO()
+    joblib.dump(load_model(model_json, device="cpu"), buffer)
+    with replacing(model_path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    written = [csv_path, md_path, model_json, model_npz, model_path]
+    result = dataclasses.replace(result, files={p.name: sha256_file(p) for p in written})
+    write_text(json_path, json.dumps(result.to_json(), indent=2, default=str))
     return [csv_path, md_path, json_path, model_json, model_npz, model_path]
+
+
+def sha256_file(path: Path) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_files(result: Result) -> list[str]:
+    """The run's files (beside its .json) that are not the ones written with it: missing, or
+    other bytes (a later run killed before its .json was written). Empty for a whole set, and
+    for results written before featx 0.7 (which recorded no checksums)."""
+    problems = []
+    for name, want in result.files.items():
+        path = result.path.with_name(name)
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+        elif sha256_file(path) != want:
+            problems.append(f"{path}: not the file written with {result.path.name} (a later run of "
+                            f"{result.path.stem} was interrupted: run it again)")
+    return problems
 
 
 def render_markdown(result: Result, table, run_name: str) -> str:
@@ -217,6 +250,8 @@ def render_markdown(result: Result, table, run_name: str) -> str:
              + result.chosen_c_text,
              f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}"
              + (f"; per split {', '.join(f'{v:.2f}' for v in result.per_split)}" if len(result.runs) > 1 else ""),
+             *([f"- saved classifier ({run_name}.model.json): C={result.final.C:g} ({result.final.chosen_by}), fit on "
+                f"{result.final.trained_on}"] if result.final else []),
              f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}"
              + (f"; GPU {result.versions['gpu']}" if str(cfg.get("device", "")).startswith("cuda")
                 and result.versions.get("gpu") else "") + "; "

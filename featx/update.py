@@ -8,6 +8,7 @@ ones are recomputed), then run the plan's forward passes and commit each batch.
 """
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,7 +122,9 @@ def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name:
     check_unique(ids)
     try:
         lock = lock_cache(path)
-    except (NotADirectoryError, FileExistsError, PermissionError) as e:
+    except OSError as e:
+        if path.is_file() and e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+            return _check_read_only(extractor, items, ids, path, rows, progress, retry_failed, e)
         raise CacheError(f"cannot write a cache at {path}: {e.strerror or e}") from None
     try:
         fmt.remove_stale_temporaries(path)
@@ -132,12 +135,64 @@ def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name:
         lock.release()
 
 
+def _check_read_only(ex, items, ids, path: Path, rows, progress, retry_failed, error: OSError) -> Summary:
+    """A cache featx cannot write to (a read-only folder or file) is read: with nothing to
+    compute for these images it is simply used; otherwise one line says what it lacks. Nothing
+    in it is changed."""
+    start = time.perf_counter()
+    cache = fmt.DescriptorCache(path)
+    if not hasattr(ex, "iter_batches"):
+        ex = ex()
+    diff = fmt.provenance_diff(cache.attrs, _provenance(ex), ex.weights.file_checksum)
+    if diff:
+        raise CacheError(f"{path} was computed with other settings:\n  " + "\n  ".join(diff))
+    why = f"{path} cannot be written ({error.strerror})"
+    if not cache.identified:
+        raise CacheError(f"{why}, and it was made by featx {cache.attrs.get('featx_version')}: its images' "
+                         "identities must be recorded once (a write); make it writable, or copy it elsewhere")
+    look = survey(items, ids, cache.record(), retry_failed=retry_failed, workers=ex.workers, progress=progress)
+    wanted = look.where if rows is None else look.where[np.asarray(rows, dtype=np.int64)]
+    lacking = [f"{len(look.new)} new image(s)" if len(look.new) else "",
+               f"{len(look.changed)} changed image(s)" if len(look.changed) else "",
+               f"{int(look.retry.sum())} failed image(s) to retry" if look.retry.any() else ""]
+    missing = [q for q in ex.scales if q not in cache.scales]
+    lacking.append(f"no descriptors at Q = {', '.join(map(str, missing))}" if missing else "")
+    summary = Summary(path)
+    for q in [q for q in ex.scales if q in cache.scales]:
+        status = cache.status(q)[wanted[wanted >= 0]]
+        todo = int((status == TODO).sum())
+        lacking.append(f"{todo} image(s) to compute at Q={q}" if todo else "")
+        summary.reused += int((status == fmt.DONE).sum())
+        summary.failed += int((status == FAILED).sum())
+    lacking = [x for x in lacking if x]
+    if lacking:
+        raise CacheError(f"{why}, and it lacks what was asked ({'; '.join(lacking)}); make it writable or give "
+                         "another --cache-dir. Nothing in it was changed")
+    errs = cache.errors()
+    summary.failures = {int(r): errs.get(cache.ids[r], "") for r in wanted if any(cache.status(q)[r] == FAILED for q in ex.scales)}
+    summary.hashed, summary.seconds = look.hashed, time.perf_counter() - start
+    return summary
+
+
 def check_unique(ids: Sequence[str]) -> None:
     seen = {}
     for k, i in enumerate(ids):
         if i in seen:
             raise CacheError(f"image ids must be unique: {i!r} is image #{seen[i] + 1} and #{k + 1}")
         seen[i] = k
+
+
+def device_name(ex=None, device=None) -> str:
+    """What extraction times are measured on: the CPU's model, or the GPU's name (an engine's
+    device, or a device given); "" where unknown (a Ray cluster's actors)."""
+    device = str(getattr(ex, "device", device) or "")
+    if device.startswith("cuda"):
+        import torch
+        return torch.cuda.get_device_name(torch.device(device))
+    if device.startswith("cpu"):
+        from .kernels import cpu_info
+        return cpu_info().model
+    return ""
 
 
 def provenance(spec, weights, flip: bool) -> dict:
@@ -326,9 +381,10 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
         tick = time.perf_counter()
         readable = np.asarray([s is not None for s in sizes], bool)
         pending = any((readable & ~skip[q]).any() for q in scales)  # else no net is needed
+        timed_on = device_name(getattr(ex, "engine", ex)) if pending else ""
         for batch in ex.iter_batches(row_items, sizes, scales, skip) if pending else ():
             w.commit(batch.scale, batch.indices, batch.descriptors, batch.failures,
-                     seconds=time.perf_counter() - tick, transient=batch.transient)
+                     seconds=time.perf_counter() - tick, transient=batch.transient, timed_on=timed_on)
             summary.computed += len(batch.indices)
             if on_batch is not None:
                 on_batch(batch)

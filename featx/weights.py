@@ -239,14 +239,15 @@ def _resolve(spec, weights, chosen, preprocess, progress):
         return f"random:{seed}", None, chosen or TORCHVISION, lambda: random_state_dict(spec, seed)
     path = Path(weights).expanduser()
     if not path.is_file():
-        raise WeightsError(f"weights file {path} does not exist (weights= takes 'torchvision', "
-                           "'caffe', 'random' or a .pth/.h5 file)")
+        raise WeightsError(f"weights file {path} does not exist (weights are 'torchvision', 'caffe', "
+                           "'random' or a .pth/.h5 file: --weights on the command line, weights= in Python)")
     if path.suffix.lower() in (".h5", ".hdf5"):
         return "file", path, chosen or CAFFE, lambda: convert_keras_h5(path, spec)
     if chosen is None:
         raise WeightsError(f"{path}: a bare state_dict does not say how images must be prepared; "
-                           "pass preprocess='caffe' (BGR, 0..255, mean-subtracted) or "
-                           "'torchvision' (RGB, 0..1, ImageNet mean/std)")
+                           "name its preprocessing, caffe (BGR, 0..255, mean-subtracted) or torchvision "
+                           "(RGB, 0..1, ImageNet mean/std): --preprocess caffe on the command line, "
+                           "preprocess='caffe' in Python")
     return "file", path, chosen, lambda: _load_pth(path)
 
 
@@ -299,22 +300,14 @@ def find_file(digest: str, arch: str) -> Path | None:
 def remember_digest(path, arch: str, digest: str) -> None:
     """Record a file's tensor digest for later processes (atomically; a folder that cannot be
     written only means the next process hashes the file again)."""
-    import tempfile
+    from .atomic import write_text
+    from .errors import OutputError
     try:
         key, signature = _file_key(Path(path), arch)
         memo = _read_memo()
         memo[key] = {"signature": signature, "digest": digest}
-        target = _digest_memo()
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".weights-digests-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump({"format": "featx-weights-digests", "files": memo}, f, indent=1)
-            os.replace(tmp, target)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError:
+        write_text(_digest_memo(), json.dumps({"format": "featx-weights-digests", "files": memo}, indent=1))
+    except (OSError, OutputError):
         pass
 
 
@@ -334,7 +327,8 @@ def _fetch(url: str, check_hash: bool, progress: bool) -> Path:
     except (urllib.error.URLError, OSError, RuntimeError) as e:
         raise WeightsError(
             f"cannot download {url} ({_reason(e)}) and no cached copy exists at {path}. "
-            f"Copy the file there, set TORCH_HOME to where it is, or pass weights=FILE.") from None
+            f"Copy the file there, set TORCH_HOME to where it is, or give a weights file "
+            f"(--weights FILE on the command line, weights=FILE in Python).") from None
     return path
 
 

@@ -140,8 +140,15 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     own = 6 * 2 * hand_count_flops(256, 341) / spent / 1e9
     r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root", str(tmp_path)])
     assert r.exit_code == 0, r.output
-    assert timed == 6 and f"rate {own:.0f} GFLOP/s: its cache's own extraction (6 timed image x scale pairs)" in r.output
+    assert timed == 6 and f"rate {own:.0f} GFLOP/s: its cache's own extraction (6 timed image x scale pairs on " \
+        f"{cpu_info().model})" in r.output
     assert "(rate: its cache's own)" in r.output
+    # a cache timed on another machine says nothing about this one
+    import h5py
+    with h5py.File(cost.cache, "r+") as f:
+        f["scales/256"].attrs["timed_on"] = "Some Other CPU"
+    r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root", str(tmp_path)])
+    assert "its cache's own" not in r.output and "rate " in r.output
     # a cache with no timed rows (here: none yet, in bfloat16): this CPU model's bench figures ...
     figures = tmp_path / "bench"
     figures.mkdir()

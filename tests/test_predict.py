@@ -145,3 +145,23 @@ def test_a_model_names_its_weights_file_without_a_path_and_predict_takes_a_local
     torch.save(random_state_dict(NETS["T"], seed=3), other)
     r = CliRunner().invoke(main, ["predict", str(model), str(image), "--weights", str(other), "-q"])
     assert r.exit_code != 0 and "are not the ones this classifier was trained on" in r.output
+
+
+def test_a_named_source_read_from_a_local_copy_is_found_again_by_its_digest(tmp_path, monkeypatch):
+    import torch
+    from featx.nets import NETS, random_state_dict
+    copy = tmp_path / "w" / "authors.pth"
+    copy.parent.mkdir()
+    torch.save(random_state_dict(NETS["T"], seed=4), copy)
+    base = tmp_path / "pets"
+    for c in ("cat", "dog"):
+        for i in range(4):
+            make_image(base / c / f"{i}.png", (240, 230), seed=9 * len(c) + 3 * i + ord(c[0]))
+    r = run("svm", f"folder:{base}", "--net", "T", "--weights", f"T=caffe:{copy}", "--scales", "224", "--c-grid", "1",
+            "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
+    assert r.exit_code == 0, r.output
+    model = tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json"
+    assert json.loads(model.read_text())["descriptor"]["weights"]["T"]["source"] == "caffe"
+    image = make_image(tmp_path / "new.png", (250, 240), seed=98)
+    r = run("predict", model, image, "--format", "json", "-q")  # no hub file: the copy featx loaded before
+    assert r.exit_code == 0 and json.loads(r.stdout)[0]["error"] is None, r.output

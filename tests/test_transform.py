@@ -101,8 +101,6 @@ def test_feature_names_and_pandas_output(images):
 
 @pytest.mark.filterwarnings("ignore:The image decoding:DeprecationWarning")
 def test_torch_tensors_and_torchvision_datasets_are_images(tmp_path, images):
-    import pytest
-    import torch
     from PIL import Image
     from torchvision.datasets import ImageFolder
     from torchvision.io import read_image
