@@ -3,6 +3,7 @@ flips in finished caches.
 
     python bench/stress.py --kills 100 --flips 200            # about 10 minutes on 2 cores
     python bench/stress.py --kills 0 --flips 0 --updates 50   # the update trials only
+    python bench/stress.py --kills 0 --flips 0 --results 20   # featx svm / reproduce / report killed
 
 Kills: each trial starts `featx extract` (smoke net, 24 generated images, 3 scales, batch 2) on a
 fresh file, or on one left by an earlier trial, kills it with SIGKILL after a random delay (up to
@@ -16,7 +17,11 @@ folder), "change" (4 images overwritten, one of them with its old mtime put back
 Each trial starts from the same file, kills `featx extract` once or twice at a random moment
 of what an uninterrupted run takes (start-up, survey, rewrite, compute), then lets a run finish; the file must then hold
 exactly what an uninterrupted run makes: the same rows by image id, statuses, SHA-256 digests
-and descriptors, bit for bit. Prints the counts; exits 1 on any mismatch or undetected flip.
+and descriptors, bit for bit. Results (--results N of each): featx svm, featx reproduce and
+featx report killed at a random moment of their second half (where they write) over a folder
+holding an older complete run; after each kill every file must parse, featx report must succeed
+and leave out, naming it, any run whose files are not one set, and a rerun must give the files an
+uninterrupted run gives. Prints the counts; exits 1 on any mismatch or undetected flip.
 """
 from __future__ import annotations
 
@@ -212,11 +217,176 @@ def flip_trials(m, images, work, reference, clean_file, rng, log):
     return detected, restored, exact
 
 
+RESULTS_CLI = ("import sys; sys.path.insert(0, {bench!r}); from common import SMOKE; "
+               "from featx.nets import NETS; NETS['S'] = SMOKE; import featx.datasets as D; "
+               "D.shipped_splits = lambda name: None; from featx.cli import main; main()")
+PIPELINE = """table = "table11"
+row = "Net-S"
+dataset = "caltech101"
+nets = ["S"]
+weights = {{ S = "random" }}
+scales = [224]
+aggregate = "mean"
+c_grid = {grid}
+metric = "mcr"
+"""
+
+
+def results_setup(work: Path) -> dict:
+    """A miniature Caltech-101 (2 classes x 33 generated images), a pipeline on it, a folder
+    set, their caches computed, and the commands each results trial runs."""
+    from PIL import Image
+    root = work / "root"
+    rng = np.random.default_rng(0)
+    for c in ("alpha", "beta"):
+        folder = root / "caltech101" / "101_ObjectCategories" / c
+        folder.mkdir(parents=True)
+        for i in range(33):
+            a = rng.integers(0, 255, (12, 16, 3), dtype=np.uint8) // (1 if c == "alpha" else 3)
+            Image.fromarray(a).resize((240, 230)).save(folder / f"image_{i + 1:04d}.jpg")
+    pipes = {}
+    for name, grid in (("new", "[0.1, 1, 10]"), ("old", "[0.01]")):
+        pipes[name] = work / f"pipelines-{name}"
+        pipes[name].mkdir()
+        (pipes[name] / "caltech101-S.toml").write_text(PIPELINE.format(grid=grid))
+    cli = [sys.executable, "-c", RESULTS_CLI.format(bench=os.path.dirname(os.path.abspath(__file__)))]
+    common = ["--root", str(root), "--cache-dir", str(work / "cache")]
+    folder = f"folder:{root / 'caltech101' / '101_ObjectCategories'}"
+    svm = cli + ["svm", folder, "--net", "S", "--weights", "random", "--scales", "224", *common]
+    subprocess.run(cli + ["reproduce", "caltech101-S", "--pipelines", str(pipes["old"]), *common, "--results-dir",
+                          str(work / "warm"), "-q"], check=True, capture_output=True)  # caches, splits
+    subprocess.run(svm + ["--extract", "--results-dir", str(work / "warm")], check=True, capture_output=True)
+    return {
+        "svm": (svm + ["--c-grid", "0.1,1,10"], svm + ["--c-grid", "0.01"]),
+        "reproduce": tuple(cli + ["reproduce", "caltech101-S", "--pipelines", str(pipes[k]), *common, "-q"]
+                           for k in ("new", "old")),
+        "report": (cli + ["report", "--pipelines", str(pipes["new"])], None),
+        "report_cmd": cli + ["report", "--pipelines", str(pipes["new"])],
+    }
+
+
+def result_files(folder: Path) -> dict:
+    """{relative path: bytes} of what a results folder holds, the volatile JSON fields (when it
+    was written, how long it took) left out."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        data = p.read_bytes().replace(str(folder).encode(), b"<results>")  # commands name the folder
+        if p.suffix == ".json" and not p.name.endswith(".model.json"):
+            d = json.loads(data)
+            for k in ("written", "seconds", "files"):  # files: checksums of files compared here directly
+                d.pop(k, None)
+            data = json.dumps(d, sort_keys=True).encode()
+        out[str(p.relative_to(folder))] = data
+    return out
+
+
+def readable(folder: Path) -> list[str]:
+    """The files of a results folder that do not parse (truncated, empty, damaged)."""
+    import pandas as pd
+    from PIL import Image
+
+    from featx.errors import ConfigError
+    from featx.model import read_model
+    bad = []
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        try:
+            if p.name.endswith(".model.json"):
+                try:
+                    read_model(p, device="cpu")
+                except ConfigError as e:  # refused whole (a newer record beside older arrays): not unreadable
+                    if "checksum" not in str(e):
+                        raise
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".csv":
+                pd.read_csv(p)
+            elif p.suffix == ".png":
+                Image.open(p).verify()
+            elif p.suffix == ".md" and not p.read_text().strip():
+                raise ValueError("empty")
+        except Exception as e:
+            bad.append(f"{p}: {type(e).__name__}: {e}")
+    return bad
+
+
+def results_trials(n, work, rng, log) -> dict:
+    """n SIGKILL trials each of featx svm, featx reproduce and featx report on a results folder
+    that holds an older complete run: after each kill every file parses, featx report succeeds
+    and leaves out (naming it) any run whose files are not one set, and a rerun's files equal an
+    uninterrupted run's."""
+    from common import SMOKE
+    from featx.results import check_files, read_result
+    from featx.specs import NETS
+    NETS.setdefault("S", SMOKE)  # for reading the models back here
+    cmds = results_setup(work)
+    report = cmds.pop("report_cmd")
+    counts = {}
+    for kind, (new, old) in cmds.items():
+        ref, before = work / f"ref-{kind}", work / f"before-{kind}"
+        if kind == "report":  # the report of a complete folder, rewritten over an older one
+            shutil.copytree(work / "warm", ref)
+            subprocess.run(report + ["--results-dir", str(ref)], check=True, capture_output=True)
+            shutil.copytree(work / "warm", before)
+        else:
+            for folder, cmd in ((ref, new), (before, old)):
+                subprocess.run(cmd + ["--results-dir", str(folder)], check=True, capture_output=True)
+            for folder in (ref, before):
+                subprocess.run(report + ["--results-dir", str(folder)], check=True, capture_output=True)
+        t = time.perf_counter()
+        subprocess.run(new + ["--results-dir", str(work / "timing")], check=True, capture_output=True)
+        full = time.perf_counter() - t
+        shutil.rmtree(work / "timing")
+        reference = result_files(ref)
+        c = {"trials": n, "kills": 0, "unreadable": 0, "report_failures": 0, "mixed_detected": 0,
+             "mixed_used": 0, "rerun_mismatches": 0, "full_run_s": round(full, 2)}
+        for trial in range(n):
+            folder = work / f"trial-{kind}"
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(before, folder)
+            p = subprocess.Popen(new + ["--results-dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(rng.uniform(0.3 * full, full))  # the writing comes at the end of a run
+            if p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                c["kills"] += 1
+            p.wait()
+            bad = readable(folder)
+            c["unreadable"] += len(bad)
+            r = subprocess.run(report + ["--results-dir", str(folder)], capture_output=True, text=True)
+            c["report_failures"] += r.returncode != 0
+            for path in folder.glob("*/*.json"):
+                if path.name.endswith(".model.json"):
+                    continue
+                if check_files(read_result(path)):
+                    c["mixed_detected"] += 1
+                    c["mixed_used"] += f"left out {path}" not in r.stderr
+            rerun = subprocess.run(new + ["--results-dir", str(folder)], capture_output=True, text=True)
+            if kind != "report":
+                subprocess.run(report + ["--results-dir", str(folder)], capture_output=True)
+            got = result_files(folder)
+            same = rerun.returncode == 0 and got == reference
+            c["rerun_mismatches"] += not same
+            if not same:
+                differ = sorted(k for k in set(got) | set(reference) if got.get(k) != reference.get(k))
+                bad.append(f"rerun differs in {differ[:4]}")
+                same = True  # said above
+            for line in bad + ([] if r.returncode == 0 else [f"report failed: {r.stderr.strip()[-300:]}"]) + (
+                    [] if same else [f"rerun differs (exit {rerun.returncode}) {rerun.stderr.strip()[-300:]}"]):
+                log(f"  {kind} trial {trial}: {line}")
+        log(f"results {kind}: {c}")
+        counts[kind] = c
+    return counts
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kills", type=int, default=100, help="SIGKILL trials")
     p.add_argument("--flips", type=int, default=200, help="byte-flip trials")
     p.add_argument("--updates", type=int, default=0, help="trials of each update kind (append, change, upgrade)")
+    p.add_argument("--results", type=int, default=0, help="SIGKILL trials of each of featx svm, reproduce, report")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="write the counts here")
     a = p.parse_args()
@@ -238,13 +408,16 @@ def main():
             f"{restored} restored by the next featx extract ({exact} bit for bit, the rest within "
             f"1e-5 relative) ({time.time() - start:.0f} s)")
         updates = update_trials(a.updates, work, rng, log) if a.updates else {}
+        results = results_trials(a.results, work, rng, log) if a.results else {}
     counts = {"kill_trials": a.kills, "kills": kills, "mismatches": mismatches, "flips": a.flips,
               "flips_detected": detected, "flips_restored": restored, "flips_restored_bit_for_bit": exact,
-              "updates": updates}
+              "updates": updates, "results": results}
     if a.json:
         a.json.write_text(json.dumps(counts, indent=2))
     bad_updates = sum(u["mismatches"] for u in updates.values())
-    sys.exit(0 if mismatches == 0 and bad_updates == 0 and detected == restored == a.flips else 1)
+    bad_results = sum(r[k] for r in results.values() for k in ("unreadable", "report_failures", "mixed_used",
+                                                               "rerun_mismatches"))
+    sys.exit(0 if mismatches == 0 and bad_updates == 0 and bad_results == 0 and detected == restored == a.flips else 1)
 
 
 if __name__ == "__main__":

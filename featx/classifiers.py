@@ -9,6 +9,9 @@ and s_i = 0 for samples marked 0 (VOC 'difficult') for that class.
 """
 from __future__ import annotations
 
+import math
+from numbers import Integral, Real
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -116,6 +119,12 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         from sklearn.utils.multiclass import check_classification_targets
         from sklearn.utils.validation import validate_data
 
+        for name in ("C", "tol"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, Real) or not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name}={value!r}: give a finite positive number")
+        if isinstance(self.max_iter, bool) or not isinstance(self.max_iter, Integral) or self.max_iter < 1:
+            raise ConfigError(f"max_iter={self.max_iter!r}: give a positive integer")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver={self.solver!r}: choose one of {', '.join(SOLVERS)}")
         X, y = validate_data(self, X, y, dtype=np.float64, multi_output=True, y_numeric=False)

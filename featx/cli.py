@@ -487,7 +487,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     try:
         grid = tuple(float(c) for c in c_grid.split(","))
     except ValueError:
-        raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas") from None
+        raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas", param_hint="--c-grid") from None
     device = str(resolve_device(device))
     data = load_dataset(dataset, root)
     cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,

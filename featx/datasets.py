@@ -389,15 +389,16 @@ def numbered_splits(labels, classes, n_splits: int = N_SPLITS, where=None) -> di
 
 
 def write_split(path: Path, split: dict):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "subset"])
-        for subset in ("train", "val", "test"):
-            for i in sorted(split[subset]):
-                w.writerow([i, subset])
-    os.replace(tmp, path)
+    import io
+
+    from .atomic import write_text
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(["id", "subset"])
+    for subset in ("train", "val", "test"):
+        for i in sorted(split[subset]):
+            w.writerow([i, subset])
+    write_text(path, text.getvalue())
 
 
 def read_split(path: Path, ids, tree=None) -> dict[str, np.ndarray]:
@@ -445,9 +446,9 @@ def load_csv(path: Path) -> Dataset:
     """CSV with header path,labels[,split]; labels separated by ';' (several: multi-label)."""
     if not path.is_file():
         raise DatasetError(f"{path}: no such CSV file")
-    rows = []
+    rows, first_line = [], {}
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets write a BOM
             reader = csv.reader(f)
             header = [h.strip() for h in next(reader, [])]
             if header[:2] != ["path", "labels"]:
@@ -459,6 +460,10 @@ def load_csv(path: Path) -> Dataset:
                 if len(rec) != len(header) or not labels or not rec[0].strip():
                     raise DatasetError(f"{path}:{n}: expected {len(header)} fields: a path and at least one "
                                        f"label (several separated by ';'), got {','.join(rec)[:200]!r}")
+                if rec[0].strip() in first_line:
+                    raise DatasetError(f"{path}:{n}: {rec[0].strip()!r} is listed already (line "
+                                       f"{first_line[rec[0].strip()]}); give each image once")
+                first_line[rec[0].strip()] = n
                 rows.append((rec[0].strip(), labels, rec[2].strip() if len(header) > 2 else "all"))
     except UnicodeDecodeError as e:
         raise DatasetError(f"{path}: not UTF-8 text (byte {e.start}: {e.object[e.start:e.start + 1]!r}); "

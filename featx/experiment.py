@@ -62,14 +62,30 @@ class Config:
                               f"{data.name} does not have (image+box is for voc2012-action)")
         if self.solver not in SOLVERS:
             raise ConfigError(f"solver {self.solver!r}: choose one of {', '.join(SOLVERS)}")
-        if not self.c_grid or any(not c > 0 for c in self.c_grid):
-            raise ConfigError(f"c_grid {list(self.c_grid)}: give positive values of C")
+        self.c_grid = check_c_grid(self.c_grid)
+        from .specs import check_scales, get_spec
+        for net in self.nets:
+            self.scales = check_scales(self.scales, get_spec(net))
         from .paths import COMPUTE_TYPES
         if self.dtype not in COMPUTE_TYPES:
             raise ConfigError(f"dtype {self.dtype!r}: choose one of {', '.join(COMPUTE_TYPES)}")
         if not self.nets or len(set(self.nets)) != len(self.nets):
             raise ConfigError(f"nets {list(self.nets)}: name each net once")
         return self
+
+
+def check_c_grid(values) -> tuple:
+    """The one validator of C values (CLI, pipeline files, Config): finite positive numbers."""
+    import math
+    if isinstance(values, (str, bytes, int, float)) or not hasattr(values, "__iter__"):
+        raise ConfigError(f"c_grid {values!r}: give a list of positive numbers, e.g. (0.1, 1, 10)")
+    values = tuple(values)
+    bad = [c for c in values if isinstance(c, bool) or not isinstance(c, (int, float))
+           or not math.isfinite(c) or c <= 0]
+    if not values or bad:
+        raise ConfigError(f"c_grid {list(values)}: C must be a finite positive number"
+                          + (f", not {bad[0]!r}" if bad else ""))
+    return tuple(float(c) for c in values)
 
 
 class Descriptors:
@@ -147,6 +163,17 @@ def _headline(task, scores):
     return nanmean(scores[HEADLINE_SCORE[_metric(task)]])
 
 
+def _warn_untrained(data: Dataset, fit_on, evaluated, where: str, log) -> None:
+    """A class with evaluated samples but no training one is scored 0 by construction (the
+    benchmarks never do this; a user's CSV may): say so, naming it."""
+    def present(rows):
+        y = data.labels[rows]
+        return set(np.flatnonzero((y > 0).any(0))) if y.ndim == 2 else set(np.unique(y).tolist())
+    for c in sorted(present(evaluated) - present(fit_on)):
+        log(f"warning: class {data.classes[c]!r} has {where} samples to evaluate but none to train on; "
+            "it is scored 0")
+
+
 def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     results = {}
     for c in cfg.c_grid:
@@ -191,6 +218,7 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
         while f"train{k}" in data.splits:
             tr, va, tv, te = (data.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
             log(f"split {k}: train {len(tr)}, val {len(va)}, test {len(te)}")
+            _warn_untrained(data, tv, te, f"split {k}'s test", log)
             Xtv = desc(tv)  # train and val are parts of it: read from the caches once
             best, grid = _choose_c(cfg, data.task, _subset(Xtv, tv, tr), data.labels[tr],
                                    _subset(Xtv, tv, va), data.labels[va], n_classes, log)
@@ -215,6 +243,7 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
             raise ConfigError(f"{data.name} has the splits {', '.join(splits)}; featx svm needs "
                               "train and val/test, or train1/val1/test1...")
         log(f"C chosen by training on {names[0]} ({len(tr)}) and scoring {names[1]} ({len(va)})")
+        _warn_untrained(data, fit_on, ev, names[3], log)
         X_fit = desc(fit_on)  # holds the train and validation parts: read once
         best, grid = _choose_c(cfg, data.task, _subset(X_fit, fit_on, tr), data.labels[tr],
                                _subset(X_fit, fit_on, va), data.labels[va], n_classes, log)

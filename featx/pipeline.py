@@ -23,8 +23,8 @@ from pathlib import Path
 from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
-from .experiment import DEFAULT_C_GRID, Config
-from .specs import NETS
+from .experiment import DEFAULT_C_GRID, Config, check_c_grid
+from .specs import NETS, check_scales
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")
@@ -94,9 +94,13 @@ def load_pipeline(path) -> Pipeline:
     if not (isinstance(nets, list) and nets and all(n in NETS for n in nets) and len(set(nets)) == len(nets)):
         raise bad("nets", f"must be a list of distinct nets from {', '.join(NETS)}, got {nets!r}")
     scales = raw["scales"]
-    smallest = max(NETS[n].min_side for n in nets)  # the fc6 window's size in pixels
-    if not (isinstance(scales, list) and scales and all(isinstance(q, int) and q >= smallest for q in scales)):
-        raise bad("scales", f"must be a list of integers >= {smallest}, got {scales!r}")
+    if not isinstance(scales, list):
+        raise bad("scales", f"must be a list of integers, got {scales!r}")
+    try:
+        for n in nets:
+            check_scales(scales, NETS[n])
+    except ConfigError as e:
+        raise bad("scales", f"is not valid: {e}") from None
     if raw["aggregate"] not in AGGREGATIONS:
         raise bad("aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {raw['aggregate']!r}")
     if raw["metric"] not in METRICS:
@@ -111,18 +115,22 @@ def load_pipeline(path) -> Pipeline:
     if not (isinstance(weights, dict) and set(weights) <= set(nets) and all(isinstance(v, str) for v in weights.values())):
         raise bad("weights", f"must be a table net = source for the nets {nets}, got {weights!r}")
     grid = raw.get("c_grid", list(DEFAULT_C_GRID))
-    if not (isinstance(grid, list) and grid and all(isinstance(c, (int, float)) and c > 0 for c in grid)):
-        raise bad("c_grid", f"must be a list of positive numbers, got {grid!r}")
+    try:
+        grid = check_c_grid(grid if isinstance(grid, list) else str(grid))
+    except ConfigError as e:
+        raise bad("c_grid", f"is not valid: {e}") from None
     paper = raw.get("paper")
     if paper is not None:
-        ok = (isinstance(paper, (int, float)) if expected == "map"
-              else isinstance(paper, list) and len(paper) == 2 and all(isinstance(p, (int, float)) for p in paper))
+        def number(v):
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        ok = (number(paper) if expected == "map"
+              else isinstance(paper, list) and len(paper) == 2 and all(number(p) for p in paper))
         if not ok:
             raise bad("paper", "must be a number (mAP) or, for Caltech, [mean, std]")
         paper = tuple(paper) if isinstance(paper, list) else float(paper)
     return Pipeline(name=path.stem, path=path, table=raw["table"], row=raw["row"], dataset=raw["dataset"],
                     nets=tuple(nets), scales=tuple(scales), aggregate=raw["aggregate"], metric=raw["metric"],
-                    weights=dict(weights), setting=setting, c_grid=tuple(float(c) for c in grid),
+                    weights=dict(weights), setting=setting, c_grid=grid,
                     paper=paper, note=raw.get("note", ""), baseline=raw.get("baseline", ""))
 
 

@@ -56,7 +56,10 @@ def parse_local_weights(text: str | None) -> dict:
         source, _, path = value.partition(":")
         if not source or not path:
             raise ConfigError(f"--local-weights {part!r}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth")
-        files[get_spec(net.strip()).name] = value
+        name = get_spec(net.strip()).name
+        if not Path(path).expanduser().is_file():
+            raise ConfigError(f"--local-weights {part!r}: {path} is not a file")
+        files[name] = value
     return files
 
 

@@ -54,8 +54,26 @@ def get_spec(net: str | NetSpec) -> NetSpec:
     return NETS[key]
 
 
+# The largest scale featx takes: a 4:3 image at Q = 2048 is 2048 x 2730, 16 GB of first-layer
+# activations with its mirror in float32. The paper's largest is 768.
+MAX_SCALE = 2048
+
+
 def check_scales(scales: Iterable[int], spec: NetSpec) -> tuple[int, ...]:
+    """The one validator of scales, however they arrive (CLI, pipeline files, Config,
+    Extractor, VGGDescriptor): a collection of distinct integers Q in [224, MAX_SCALE]."""
+    if isinstance(scales, (str, bytes, int, float)) or not hasattr(scales, "__iter__"):
+        raise ConfigError(f"scales {scales!r}: give a list of integers Q, e.g. (256, 384, 512)")
+    scales = tuple(scales)
+    bad = [q for q in scales if isinstance(q, bool) or not isinstance(q, int) and not (
+        isinstance(q, float) and q.is_integer()) and type(q).__module__ != "numpy"]
+    if bad:
+        raise ConfigError(f"scales {list(scales)}: {bad[0]!r} is not an integer Q")
     scales = tuple(int(q) for q in scales)
+    big = [q for q in scales if q > MAX_SCALE]
+    if big:
+        raise ConfigError(f"scale Q={big[0]} is above {MAX_SCALE}, the largest featx takes (the paper's "
+                          "largest is 768)")
     if not scales:
         raise ConfigError("at least one scale Q is needed")
     if len(set(scales)) != len(scales):

@@ -69,11 +69,14 @@ def test_bad_local_weights_are_one_line(tmp_path, value, fragments):
                    1, *fragments)
 
 
-def test_local_weights_name_the_file_of_a_net_and_source():
+def test_local_weights_name_the_file_of_a_net_and_source(tmp_path):
     from featx.reproduce import Job, local_weights, parse_local_weights
-    files = parse_local_weights("e=caffe:/w/vgg19.pth,D=torchvision:/w/vgg16.pth")
-    assert files == {"E": "caffe:/w/vgg19.pth", "D": "torchvision:/w/vgg16.pth"}
-    assert local_weights(Job("caltech101", "E", "caffe", (256,)), files) == "caffe:/w/vgg19.pth"
+    for name in ("vgg19.pth", "vgg16.pth"):
+        (tmp_path / name).write_bytes(b"")
+    w = tmp_path
+    files = parse_local_weights(f"e=caffe:{w}/vgg19.pth,D=torchvision:{w}/vgg16.pth")
+    assert files == {"E": f"caffe:{w}/vgg19.pth", "D": f"torchvision:{w}/vgg16.pth"}
+    assert local_weights(Job("caltech101", "E", "caffe", (256,)), files) == f"caffe:{w}/vgg19.pth"
     # another source for the same net: the local copy does not apply
     assert local_weights(Job("caltech101", "E", "torchvision", (256,)), files) == "torchvision"
 
@@ -230,7 +233,7 @@ def test_disk_full_mid_run_keeps_what_was_committed(tmp_path, photos, monkeypatc
 def _raising_inside(original, after):
     calls = []
 
-    def commit(self, q, rows, descriptors, failures, seconds=0.0, transient=()):
+    def commit(self, q, rows, descriptors, failures, seconds=0.0, transient=(), **more):
         calls.append(1)
         if len(calls) > after:
             group = self.f[f"scales/{q}"]["descriptors"]
@@ -240,7 +243,7 @@ def _raising_inside(original, after):
                     raise OSError(errno.ENOSPC, "Can't write data (No space left on device)")
 
             self.f = _Proxy(self.f, {f"scales/{q}": {"descriptors": Full(), "crc32": group}})
-        return original(self, q, rows, descriptors, failures, seconds, transient)
+        return original(self, q, rows, descriptors, failures, seconds, transient, **more)
     return commit
 
 

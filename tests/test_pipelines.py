@@ -64,10 +64,16 @@ metric = "map"
 
 @pytest.mark.parametrize("change, message", [
     (('nets = ["T"]', 'nets = ["T", "T"]'), r"bad.toml: nets must be a list of distinct nets"),
-    (('scales = [224, 256]', 'scales = [200]'), r"bad.toml: scales must be a list of integers >= 224"),
+    (('scales = [224, 256]', 'scales = [200]'), r"bad.toml: scales is not valid: scale Q=200 is too small"),
+    (('scales = [224, 256]', 'scales = [224, 224]'), r"bad.toml: scales is not valid: scales \(224, 224\) repeat a value"),
+    (('scales = [224, 256]', 'scales = [100000]'), r"bad.toml: scales is not valid: scale Q=100000 is above 2048"),
+    (('scales = [224, 256]', 'scales = [224.5]'), r"bad.toml: scales is not valid: .*224.5 is not an integer Q"),
+    (('c_grid = [0.1, 1]', 'c_grid = [inf]'), r"bad.toml: c_grid is not valid: .*C must be a finite positive number, not inf"),
+    (('c_grid = [0.1, 1]', 'c_grid = [true]'), r"bad.toml: c_grid is not valid: .*not True"),
+    (('metric = "map"', 'metric = "map"\npaper = true'), r"bad.toml: paper must be a number"),
     (('metric = "map"', 'metric = "mcr"'), r"bad.toml: metric for voc2007 is map, not mcr"),
     (('aggregate = "mean"', 'aggregate = "median"'), r"bad.toml: aggregate must be one of mean, stack, max"),
-    (('c_grid = [0.1, 1]', 'c_grid = [0, 1]'), r"bad.toml: c_grid must be a list of positive numbers"),
+    (('c_grid = [0.1, 1]', 'c_grid = [0, 1]'), r"bad.toml: c_grid is not valid: .*C must be a finite positive number, not 0"),
     (('row = "Net-T"', 'rows = "Net-T"'), r"bad.toml: rows is not a pipeline key"),
     (('table = "table11"\n', ''), r"bad.toml: table is missing"),
     (('dataset = "voc2007"', 'dataset = "imagenet"'), r"bad.toml: dataset must be one of voc2007"),
