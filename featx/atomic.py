@@ -74,6 +74,16 @@ def replacing(path, reserve: bool = False, kept: str | None = None):
         tmp.unlink(missing_ok=True)
 
 
+def file_digest(path, algorithm: str = "sha256", block: int = 1 << 22) -> str:
+    """The hex digest of a file's bytes (what sha256sum / md5sum print), read in blocks."""
+    import hashlib
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def write_bytes(path, data: bytes) -> Path:
     with replacing(path) as tmp:
         tmp.write_bytes(data)

@@ -511,7 +511,13 @@ class Writer:
             self.f = h5py.File(self.path, "r+", locking=False)
         except OSError as e:
             self._release()
-            raise CacheError(f"cannot open {self.path} for writing ({e}); {RECOVER}") from None
+            try:  # intact but not writable (a read-only file or file system): never say rebuild it
+                h5py.File(self.path, "r", locking=False).close()
+            except OSError:
+                raise CacheError(f"cannot open {self.path} for writing ({e}); {RECOVER}") from None
+            raise CacheError(f"cannot open {self.path} for writing: it can be read but not written (a read-only "
+                             "file or file system); make it writable or give another --cache-dir. The file "
+                             "is intact") from None
 
     def _release(self):
         if self._inode_lock is not None:

@@ -14,7 +14,6 @@ seen as the whole image and as the person's box (`views`).
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
 import urllib.error
 import urllib.request
@@ -582,8 +581,5 @@ def _fetch_resumable(url: str, dest: Path, progress: bool, tqdm):
 
 
 def _md5(path: Path) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            digest.update(chunk)
-    return digest.hexdigest()
+    from .atomic import file_digest
+    return file_digest(path, "md5")

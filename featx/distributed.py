@@ -60,7 +60,20 @@ def connect(address: str | None = None):
     except Exception as e:  # ConnectionError, a bad address, a cluster of another version...
         where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
         raise ConfigError(f"cannot start or reach Ray at {where}: {type(e).__name__}: {e}") from None
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        _shut_down_on_sigterm()
     return ray
+
+
+def _shut_down_on_sigterm() -> None:
+    """A local Ray instance this process started goes with it: Ctrl-C and a normal exit run
+    Ray's own atexit shutdown; SIGTERM (kill, a scheduler's stop) is turned into an exit that
+    runs it too. (SIGKILL runs nothing in the process: Ray's own fate-sharing is all there is.)"""
+    import signal
+    import sys
+    import threading
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
 
 def _check_device(device, gpus_per_worker):

@@ -134,7 +134,10 @@ class WorkBar:
         self.sizes, self.label = sizes, label
         self._flops = functools.lru_cache(maxsize=None)(
             lambda hw, q: descriptor_flops(spec, hw, q, flip))
-        self.todo = {q: n for q, batches in plan if (n := sum(len(b) for b in batches))}
+        self.todo = {}  # images per scale (a plan cut into shards names a scale more than once)
+        for q, batches in plan:
+            if n := sum(len(b) for b in batches):
+                self.todo[q] = self.todo.get(q, 0) + n
         self.done = dict.fromkeys(self.todo, 0)
         self.total = sum(self.flops(q, b) for q, batches in plan for b in batches)
         self.done_flops = 0

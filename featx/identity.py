@@ -67,14 +67,11 @@ def signature(item) -> tuple[int, int, int] | None:
 
 def digest(item) -> str:
     """SHA-256 of the item's encoded bytes, as hex (sha256sum's). Raises OSError if unreadable."""
+    from .atomic import file_digest
     path = file_of(item)
     if path is None:
         return hashlib.sha256(bytes(item)).hexdigest()
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)  # releases the GIL: threads hash in parallel
-    return h.hexdigest()
+    return file_digest(path, block=1 << 20)  # hashlib releases the GIL: threads hash in parallel
 
 
 @dataclass

@@ -188,7 +188,7 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
 
     import joblib
     import pandas as pd
-    from .atomic import check_writable, replacing, write_text
+    from .atomic import check_writable, file_digest, replacing, write_text
     from .model import load_model, model_record, save_model
 
     check_writable(out_dir, "--results-dir")
@@ -209,30 +209,22 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
     with replacing(model_path) as tmp:
         tmp.write_bytes(buffer.getvalue())
     written = [csv_path, md_path, model_json, model_npz, model_path]
-    result = dataclasses.replace(result, files={p.name: sha256_file(p) for p in written})
+    result = dataclasses.replace(result, files={p.name: file_digest(p) for p in written})
     write_text(json_path, json.dumps(result.to_json(), indent=2, default=str))
     return [csv_path, md_path, json_path, model_json, model_npz, model_path]
-
-
-def sha256_file(path: Path) -> str:
-    import hashlib
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def check_files(result: Result) -> list[str]:
     """The run's files (beside its .json) that are not the ones written with it: missing, or
     other bytes (a later run killed before its .json was written). Empty for a whole set, and
     for results written before featx 0.7 (which recorded no checksums)."""
+    from .atomic import file_digest
     problems = []
     for name, want in result.files.items():
         path = result.path.with_name(name)
         if not path.is_file():
             problems.append(f"{path}: missing")
-        elif sha256_file(path) != want:
+        elif file_digest(path) != want:
             problems.append(f"{path}: not the file written with {result.path.name} (a later run of "
                             f"{result.path.stem} was interrupted: run it again)")
     return problems

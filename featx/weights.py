@@ -168,12 +168,9 @@ def weights_tag(weights) -> str:
     return Path(text).stem
 
 
-def file_sha256(path: Path, block: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
-    return digest.hexdigest()
+def file_sha256(path: Path) -> str:
+    from .atomic import file_digest
+    return file_digest(path)
 
 
 def hub_path(url: str) -> Path:

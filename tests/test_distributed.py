@@ -223,3 +223,19 @@ def test_the_ray_engine_holds_the_plan_not_a_net():
     sizes = [(300, 400), (400, 300), (300, 400), None, (300, 400)]
     assert [(q, [b.tolist() for b in bs]) for q, bs in ray_ex.plan(sizes)] == \
            [(q, [b.tolist() for b in bs]) for q, bs in local.plan(sizes)]
+
+
+def test_a_local_ray_instance_goes_with_its_driver_on_sigterm(monkeypatch):
+    # SIGTERM becomes an exit, so Ray's atexit shutdown runs (a handler already set is kept)
+    from featx.distributed import _shut_down_on_sigterm
+    monkeypatch.setattr(signal, "getsignal", lambda s: signal.SIG_DFL)
+    installed = {}
+    monkeypatch.setattr(signal, "signal", lambda s, handler: installed.setdefault(s, handler))
+    _shut_down_on_sigterm()
+    with pytest.raises(SystemExit) as stop:
+        installed[signal.SIGTERM](signal.SIGTERM, None)
+    assert stop.value.code == 128 + signal.SIGTERM
+    installed.clear()
+    monkeypatch.setattr(signal, "getsignal", lambda s: print)  # someone else's handler
+    _shut_down_on_sigterm()
+    assert installed == {}

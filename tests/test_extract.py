@@ -111,3 +111,12 @@ def test_featx_aggregate_stays_the_function_after_its_module_is_imported():
             "assert callable(aggregate) and featx.aggregate is aggregate, aggregate")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_work_bar_counts_a_scale_planned_in_several_shards_once():
+    from featx.extract import WorkBar
+    from featx.nets import NETS
+    sizes = [(240, 300)] * 12
+    shards = [(224, [np.arange(0, 4), np.arange(4, 8)]), (224, [np.arange(8, 12)])]  # as the Ray engine cuts them
+    with WorkBar(NETS["T"], shards, sizes, flip=True, label="Net-T", enabled=False) as bar:
+        assert bar.text() == "Net-T Q=224 0/12 images"

@@ -222,3 +222,20 @@ def test_the_report_leaves_out_a_damaged_result_and_names_it(tmp_path, pets):
     other.write_text("")
     r = run("report", "--results-dir", tmp_path / "results")
     assert r.exit_code == 0 and f"report: left out {other}: {other}: not a featx result file" in r.output
+
+
+def test_a_cache_that_can_be_read_but_not_written_is_never_called_damaged(tmp_path, pets, monkeypatch):
+    (pets / "cat" / "broken.png").write_text("not an image")
+    args = ["extract", "--images", pets, "--net", "T", "--weights", "random:0", "--scales", "224",
+            "--cache-dir", tmp_path / "c", "-q"]
+    assert run(*args).exit_code == 0
+    import h5py
+    real = h5py.File
+
+    def no_writing(path, mode="r", *a, **kw):
+        if mode == "r+":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, mode, *a, **kw)
+    monkeypatch.setattr("featx.cache.h5py.File", no_writing)
+    line = one_line(run(*args, "--retry-failed"), "can be read but not written", "The file is intact")
+    assert "move it aside" not in line
