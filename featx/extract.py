@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
-from .images import as_images, load_resized, name_of, read_size, target_size
+from .images import as_images, decode_threads, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, choose as choose_kernels, cpu_info, parse_kernels
 from .nets import DenseVGG
 from .specs import DEFAULT_SCALES, check_scales, get_spec
@@ -213,7 +213,7 @@ class Extractor:
             raise ConfigError("batch_size must be at least 1")
         if workers is not None and int(workers) < 1:
             raise ConfigError(f"workers={workers}: decoding needs at least 1 thread")
-        self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
+        self.workers = decode_threads(workers)
         self.progress = progress
         # The source is resolved (and a missing file refused) now; its tensors are read now, or
         # with lazy=True at the first forward pass, so featx extract with nothing left to compute

@@ -81,6 +81,12 @@ def _as_image(item, index: int):
     raise ImageError(f"image #{index}: {type(item).__name__} is not an image type featx reads; pass {ACCEPTED}")
 
 
+def decode_threads(workers=None) -> int:
+    """Threads that read and decode images ahead of the net (or hash them): as given, else up
+    to 4 (the CPUs this process may use)."""
+    return int(workers) if workers else min(4, os.cpu_count() or 1)
+
+
 def max_pixels() -> int:
     return int(os.environ.get("FEATX_MAX_PIXELS", Image.MAX_IMAGE_PIXELS))
 

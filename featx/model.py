@@ -1,9 +1,11 @@
 """Saved classifiers, in a form whose loading runs no code.
 
 `featx svm` writes, beside its results, RUN.model.json (what the descriptor is: nets, weights
-and their digest, preprocessing, flip, scales, aggregation; the classes; the featx version) and
-RUN.model.npz (the SVMs' coefficients, plain arrays). `load_model` reads them with json and
-numpy (allow_pickle=False) and rebuilds a scikit-learn Pipeline:
+by source, file name and digest, preprocessing, flip, scales, aggregation, compute type; the
+classes; what the final fit used; checksums of itself and of the arrays) and RUN.model.npz
+(the SVMs' coefficients, plain arrays). `read_model` reads them with json and numpy
+(allow_pickle=False), checking every field (ModelRecord), for featx predict; `load_model`
+rebuilds a scikit-learn Pipeline from them:
 
     Pipeline([("vgg", VGGDescriptor(...)), ("svm", OneVsRestSVM(...) fitted)])
 
@@ -313,7 +315,7 @@ class SavedModel:
     """A saved classifier as featx predict uses it, without scikit-learn: the record, the SVMs'
     arrays, and the Descriptor (featx.descriptor) that makes what they score."""
 
-    record: dict
+    record: ModelRecord
     coef: np.ndarray  # (n_svms, n_features)
     intercept: np.ndarray
     classes: np.ndarray  # the SVMs' classes: indices into record.classes

@@ -225,14 +225,13 @@ class Planned:
 
     def __init__(self, build: Callable, net, scales, weights, preprocess=None, flip: bool = True,
                  dtype: str = "float32", workers=None):
-        import os
-
+        from .images import decode_threads
         from .specs import check_scales, get_spec
         from .weights import load_weights
         self.spec = get_spec(net)
         self.scales = check_scales(scales, self.spec)
         self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.fc_dim
-        self.workers = int(workers) if workers else min(4, os.cpu_count() or 1)
+        self.workers = decode_threads(workers)
         self._weights = load_weights(self.spec, weights, preprocess, tensors=False)
         self._build, self._engine = build, None
 
