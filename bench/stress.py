@@ -18,7 +18,7 @@ Each trial starts from the same file, kills `featx extract` once or twice at a r
 of what an uninterrupted run takes (start-up, survey, rewrite, compute), then lets a run finish; the file must then hold
 exactly what an uninterrupted run makes: the same rows by image id, statuses, SHA-256 digests
 and descriptors, bit for bit. Results (--results N of each): featx svm, featx reproduce and
-featx report killed at a random moment of their second half (where they write) over a folder
+featx report killed at a random moment of the last 40% of an uninterrupted run (where they write) over a folder
 holding an older complete run; after each kill every file must parse, featx report must succeed
 and leave out, naming it, any run whose files are not one set, and a rerun must give the files an
 uninterrupted run gives. Prints the counts; exits 1 on any mismatch or undetected flip.
@@ -348,7 +348,7 @@ def results_trials(n, work, rng, log) -> dict:
             shutil.rmtree(folder, ignore_errors=True)
             shutil.copytree(before, folder)
             p = subprocess.Popen(new + ["--results-dir", str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.3 * full, full))  # the writing comes at the end of a run
+            time.sleep(rng.uniform(0.6 * full, full))  # the writing comes at the end of a run
             if p.poll() is None:
                 p.send_signal(signal.SIGKILL)
                 c["kills"] += 1
