@@ -65,3 +65,14 @@ def real_weights_e():
         pytest.skip("real Net-E weights not available (set FEATX_TEST_WEIGHTS_E to the file "
                     "written by ../shared/weights/unpack.py)")
     return Path(path)
+
+
+def one_line_error(r, code, *fragments):
+    """Exit code as given, the error on one line starting with 'Error:', and those words in it."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output
+    line = [l for l in r.output.splitlines() if l.startswith("Error:")]
+    assert len(line) == 1, r.output
+    for f in fragments:
+        assert f in line[0], line[0]
+    return line[0]

@@ -18,24 +18,13 @@ from featx.cache import DescriptorCache, Writer
 from featx.cli import main
 from featx.errors import CacheError
 
-from conftest import make_image
+from conftest import make_image, one_line_error
 
 TINY = ["--net", "T", "--weights", "random", "--scales", "224", "-q"]
 
 
 def run(*args, **kw):
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False, **kw)
-
-
-def one_line_error(r, code, *fragments):
-    """Exit code as given, the error on one line starting with 'Error:', and those words in it."""
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    line = [l for l in r.output.splitlines() if l.startswith("Error:")]
-    assert len(line) == 1, r.output
-    for f in fragments:
-        assert f in line[0], line[0]
-    return line[0]
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from featx.cli import main
 
-from conftest import make_image
+from conftest import make_image, one_line_error
 
 RUN = "T-224-224x1-mean"
 
@@ -21,13 +21,7 @@ def run(*args):
 
 
 def one_line(r, *fragments):
-    assert r.exit_code == 1, r.output
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
-    errors = [line for line in r.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1, r.output
-    for f in fragments:
-        assert f in errors[0], errors[0]
-    return errors[0]
+    return one_line_error(r, 1, *fragments)
 
 
 @pytest.fixture
