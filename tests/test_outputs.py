@@ -42,20 +42,28 @@ def files_of(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
 
 
+def fail_commit(monkeypatch, fails, error):
+    """featx.atomic.commit raising `error` for the files where fails(path) holds (the moment a
+    file would be renamed into place); the others are committed as usual."""
+    import featx.atomic
+    real = featx.atomic.commit
+
+    def commit(tmp, path, reserve=False):
+        if fails(path):
+            raise error
+        return real(tmp, path, reserve)
+    monkeypatch.setattr(featx.atomic, "commit", commit)
+    return lambda: monkeypatch.setattr(featx.atomic, "commit", real)
+
+
 def test_a_run_killed_while_writing_its_results_leaves_whole_files_and_a_set_that_says_so(tmp_path, pets, monkeypatch):
     assert svm(tmp_path, pets).exit_code == 0
     out = tmp_path / "results" / "pets"
     before = files_of(out)
-    import featx.atomic
-    real = featx.atomic.commit
-
-    def killed_at_the_json(tmp, path, reserve=False):
-        if path.name == f"{RUN}.json":
-            raise KeyboardInterrupt  # the process dies here: the other files are already replaced
-        return real(tmp, path, reserve)
-    monkeypatch.setattr(featx.atomic, "commit", killed_at_the_json)
+    # the process dies at its .json: the other files are already replaced
+    restore = fail_commit(monkeypatch, lambda path: path.name == f"{RUN}.json", KeyboardInterrupt)
     svm(tmp_path, pets, "--c-grid", "0.01")
-    monkeypatch.setattr(featx.atomic, "commit", real)
+    restore()
     after = files_of(out)
     assert after[f"{RUN}.json"] == before[f"{RUN}.json"]  # the old record of the run ...
     assert after[f"{RUN}.model.json"] != before[f"{RUN}.model.json"]  # ... beside newer files
@@ -76,21 +84,14 @@ def test_a_full_disk_while_writing_results_is_one_line_and_keeps_the_old_files(t
     assert svm(tmp_path, pets).exit_code == 0
     out = tmp_path / "results" / "pets"
     before = files_of(out)
-    import featx.atomic
-    real = featx.atomic.commit
-
-    def full(tmp, path, reserve=False):
-        if path.suffix == ".npz":
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(tmp, path, reserve)
-    monkeypatch.setattr(featx.atomic, "commit", full)
+    full = OSError(errno.ENOSPC, "No space left on device")
+    fail_commit(monkeypatch, lambda path: path.suffix == ".npz", full)
     one_line(svm(tmp_path, pets), f"no space left on the device holding {out / RUN}.model.npz",
              f"{RUN}.model.npz is kept as it was")
     assert files_of(out)[f"{RUN}.model.npz"] == before[f"{RUN}.model.npz"]
     assert files_of(out)[f"{RUN}.json"] == before[f"{RUN}.json"]
     # the report on a full disk: one line, and the old README.md is kept
-    monkeypatch.setattr(featx.atomic, "commit", lambda tmp, path, reserve=False: (_ for _ in ()).throw(
-        OSError(errno.ENOSPC, "No space left on device")))
+    fail_commit(monkeypatch, lambda path: True, full)
     (tmp_path / "results" / "README.md").write_text("old report")
     one_line(run("report", "--results-dir", tmp_path / "results"), "no space left on the device holding")
     assert (tmp_path / "results" / "README.md").read_text() == "old report"

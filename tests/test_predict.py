@@ -28,6 +28,14 @@ def model(tmp_path):
     return tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json"
 
 
+def two_classes(base, per_class, seed):
+    """A folder cat/ and dog/ of generated images: a small set to train a model on."""
+    for c in ("cat", "dog"):
+        for i in range(per_class):
+            make_image(base / c / f"{i}.png", (240, 230), seed=seed * len(c) + 3 * i + ord(c[0]))
+    return base
+
+
 @pytest.fixture
 def new(tmp_path):
     folder = tmp_path / "new"
@@ -81,10 +89,7 @@ def test_the_saved_model_is_fit_on_every_labelled_image_with_the_median_c(tmp_pa
     from featx.model import load_model
     from featx.paths import cache_path
     from featx.results import read_result
-    base = tmp_path / "pets"
-    for c in ("cat", "dog"):
-        for i in range(6):
-            make_image(base / c / f"{i}.png", (240, 230), seed=7 * len(c) + 3 * i + ord(c[0]))
+    base = two_classes(tmp_path / "pets", 6, seed=7)
     r = run("svm", f"folder:{base}", "--net", "T", "--weights", "random:0", "--scales", "224", "--c-grid", "0.01,1,100",
             "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
     assert r.exit_code == 0, r.output
@@ -117,10 +122,7 @@ def test_a_model_names_its_weights_file_without_a_path_and_predict_takes_a_local
     weights = tmp_path / "mine" / "tiny_weights.pth"
     weights.parent.mkdir()
     torch.save(random_state_dict(NETS["T"], seed=2), weights)
-    base = tmp_path / "pets"
-    for c in ("cat", "dog"):
-        for i in range(4):
-            make_image(base / c / f"{i}.png", (240, 230), seed=5 * len(c) + 3 * i + ord(c[0]))
+    base = two_classes(tmp_path / "pets", 4, seed=5)
     r = run("svm", f"folder:{base}", "--net", "T", "--weights", weights, "--preprocess", "caffe", "--scales", "224",
             "--c-grid", "1", "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
     assert r.exit_code == 0, r.output
@@ -153,10 +155,7 @@ def test_a_named_source_read_from_a_local_copy_is_found_again_by_its_digest(tmp_
     copy = tmp_path / "w" / "authors.pth"
     copy.parent.mkdir()
     torch.save(random_state_dict(NETS["T"], seed=4), copy)
-    base = tmp_path / "pets"
-    for c in ("cat", "dog"):
-        for i in range(4):
-            make_image(base / c / f"{i}.png", (240, 230), seed=9 * len(c) + 3 * i + ord(c[0]))
+    base = two_classes(tmp_path / "pets", 4, seed=9)
     r = run("svm", f"folder:{base}", "--net", "T", "--weights", f"T=caffe:{copy}", "--scales", "224", "--c-grid", "1",
             "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
     assert r.exit_code == 0, r.output
