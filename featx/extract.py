@@ -81,20 +81,18 @@ def _malloc_trim():
 _NETS: "OrderedDict[tuple, tuple[DenseVGG, object]]" = OrderedDict()  # see Extractor.model
 
 
-def _net_key(spec, weights, preprocess, device, dtype, kernels) -> tuple | None:
-    """What a loaded net is shared by: its weight source as given, and for a file the file's
-    size, mtime and inode (a file replaced in the meantime is loaded again); None for weights
-    passed as objects (not shared)."""
+def _net_key(spec, weights, preprocess, path, device, dtype, kernels) -> tuple | None:
+    """What a loaded net is shared by: its weight source as given, and for a file (`path`, as
+    featx.weights resolved the source) the file's size, mtime and inode, so a file replaced in
+    the meantime is loaded again; None for weights passed as objects (not shared)."""
     if not isinstance(weights, (str, os.PathLike)):
         return None
-    text = os.fspath(weights)
-    local = text.partition(":")[2] if text.partition(":")[0] in ("torchvision", "caffe") else text
     try:
-        st = os.stat(os.path.expanduser(local)) if local and not text.startswith("random") else None
-    except OSError:
+        st = os.stat(path) if path is not None else None
+    except OSError:  # a hub file not downloaded yet
         st = None
     signature = (st.st_size, st.st_mtime_ns, st.st_ino) if st else None
-    return (spec, text, preprocess, str(device), dtype, str(kernels), signature)
+    return (spec, os.fspath(weights), preprocess, str(device), dtype, str(kernels), signature)
 
 
 @dataclass
@@ -231,7 +229,7 @@ class Extractor:
         compute type and kernels share one net in a process (the last two loaded are kept):
         the clones of a grid search, featx predict and its caches' update read the weights once."""
         if self._model is None:
-            key = _net_key(self.spec, *self._source, self.device, self.dtype, self.kernels)
+            key = _net_key(self.spec, *self._source, self._weights.path, self.device, self.dtype, self.kernels)
             if key is not None and key in _NETS:
                 _NETS.move_to_end(key)
                 self._model, self._weights = _NETS[key]
