@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
 from .images import as_images, decode_threads, load_resized, name_of, read_size, target_size
-from .kernels import Kernels, choose as choose_kernels, cpu_info, parse_kernels
+from .kernels import Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info, onednn_refusal, parse_kernels
 from .nets import DenseVGG
 from .specs import DEFAULT_SCALES, check_scales, get_spec
 from .paths import COMPUTE_TYPES
@@ -200,12 +200,16 @@ class Extractor:
         self.dtype = dtype
         self.device = resolve_device(device)
         if dtype == "bfloat16" and self.device.type == "cpu" and not cpu_info().native_bfloat16:
+            no_onednn = bool(onednn_refusal(DTYPES[dtype]))
             warnings.warn(f"bfloat16 on this CPU ({cpu_info().model}) has no native support (no "
-                          "avx512_bf16 or amx_bf16 flag): it runs emulated, slower than float32",
+                          "avx512_bf16 or amx_bf16 flag): it runs emulated, slower than float32"
+                          + ("; without AVX-512 oneDNN refuses it too, and torch's own bfloat16 "
+                             "products run two orders of magnitude slower than float32's" if no_onednn else ""),
                           stacklevel=2)
         if isinstance(kernels, str):
             kernels = Kernels(**parse_kernels(kernels, "kernels"), how="given")
         self.kernels = kernels or choose_kernels(self.device, DTYPES[dtype])
+        check_kernels(self.kernels, self.device, DTYPES[dtype])
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ConfigError("batch_size must be at least 1")

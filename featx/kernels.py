@@ -18,7 +18,8 @@ The same numbers can come from different libraries, and which is fastest depends
 
 The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every x86 CPU that is
 not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
-run "fused" on CPUs with oneDNN, in float32 and bfloat16. A rule keeps every process on one
+run "fused" on CPUs with oneDNN, in float32 and in bfloat16 where oneDNN runs it (AVX-512 BW,
+VL and DQ, or AVX-NE-CONVERT; elsewhere bfloat16 gets torch's own kernels). A rule keeps every process on one
 machine on the same kernels, so a resumed run, or a Ray worker beside the driver, gives
 bit-identical descriptors; a timing could flip on a busy host. `measure()` times every
 candidate of each kind (bench/extract.py records it per machine), to check the rule. Every choice gives the reference dense net's descriptors within
@@ -88,11 +89,10 @@ def _choose(device_type: str, dtype) -> Kernels:
     if device_type != "cpu":  # FEATX_KERNELS is about CPUs: GPUs run cuBLAS / cuDNN
         return Kernels(how=f"{device_type}: torch's own kernels")
     forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
-    if not torch.backends.mkldnn.is_available() or dtype == torch.float16:
+    if onednn_refusal(dtype):
         if {"onednn", "fused"} & set(forced.values()):
-            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: oneDNN kernels need a "
-                              "torch built with oneDNN (MKLDNN) and float32 or bfloat16")
-        return Kernels(**forced, how="FEATX_KERNELS" if forced else "default")
+            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: {onednn_refusal(dtype)}")
+        return Kernels(**forced, how="FEATX_KERNELS" if forced else f"default ({onednn_refusal(dtype)})")
     rule = {"conv": "fused"}
     vendor = cpu_info().vendor  # x86 only ("" on ARM and elsewhere: MKL is not in play there)
     if dtype == torch.float32 and vendor and vendor != "GenuineIntel":
@@ -103,9 +103,42 @@ def _choose(device_type: str, dtype) -> Kernels:
     return Kernels(**(rule | forced), how=how)
 
 
+def onednn_refusal(dtype) -> str:
+    """Why oneDNN's kernels cannot run `dtype` on this CPU, or "" where they can."""
+    import torch
+    if not torch.backends.mkldnn.is_available():
+        return "oneDNN kernels need a torch built with oneDNN (MKLDNN)"
+    if dtype == torch.float16:
+        return "oneDNN kernels run float32 and bfloat16, not float16"
+    if dtype == torch.bfloat16 and not _onednn_bfloat16():
+        return (f"oneDNN runs bfloat16 only on CPUs with AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT, which "
+                f"this CPU ({cpu_info().model}) lacks")
+    return ""
+
+
+@functools.lru_cache(maxsize=None)
+def _onednn_bfloat16() -> bool:
+    import torch
+    try:  # the very test oneDNN's bfloat16 ops make before refusing to run
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return True
+
+
+def check_supported(kernels: Kernels, device, dtype) -> None:
+    """A ConfigError where `kernels` (given, not chosen) cannot run `dtype` on this CPU: said
+    before any net is built, instead of a RuntimeError from oneDNN at the first image."""
+    import torch
+    if torch.device(device).type == "cpu" and {"onednn", "fused"} & {kernels.conv, kernels.fc}:
+        why = onednn_refusal(dtype)
+        if why:
+            raise ConfigError(f"kernels {kernels}: {why}; use conv=channels_last,fc=gemm (or float32)")
+
+
 def measure(dtype) -> dict:
     """GFLOP/s of every candidate of each layer kind in `dtype`: what the rule in `choose` is
-    checked against on a machine ({"fc:gemm": ..., "fc:onednn": ..., "conv:...": ...})."""
+    checked against on a machine ({"fc:gemm": ..., "fc:onednn": ..., "conv:...": ...}; the
+    oneDNN candidates only where oneDNN runs `dtype`)."""
     return fc_rates(dtype) | conv_rates(dtype)
 
 
@@ -128,11 +161,13 @@ def fc_rates(dtype, rows: int = 128, n: int = 4096) -> dict:
     x = torch.randn(rows, n, generator=gen).to(dtype)
     w = (torch.randn(n, n, generator=gen) / n ** 0.5).to(dtype)
     b = torch.zeros(n, dtype=dtype)
-    packed = onednn_linear(w, b)
     flops = 2.0 * rows * n * n
     with torch.inference_mode():
-        return {"fc:gemm": _best_rate(lambda: F.linear(x, w, b), flops),
-                "fc:onednn": _best_rate(lambda: packed(x), flops)}
+        rates = {"fc:gemm": _best_rate(lambda: F.linear(x, w, b), flops)}
+        if not onednn_refusal(dtype):
+            packed = onednn_linear(w, b)
+            rates["fc:onednn"] = _best_rate(lambda: packed(x), flops)
+        return rates
 
 
 def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> dict:
@@ -144,12 +179,14 @@ def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> di
                           nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True))
     block = block.eval().to(dtype).to(memory_format=torch.channels_last)
     x = torch.randn(batch, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
-    blocked, fused = to_onednn_convs(block), to_fused_convs(block)
     flops = 2 * 2.0 * batch * channels * channels * 9 * side * side
     with torch.inference_mode():
-        return {"conv:channels_last": _best_rate(lambda: block(x), flops),
-                "conv:fused": _best_rate(lambda: fused(x), flops),
-                "conv:onednn": _best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)}
+        rates = {"conv:channels_last": _best_rate(lambda: block(x), flops)}
+        if not onednn_refusal(dtype):
+            blocked, fused = to_onednn_convs(block), to_fused_convs(block)
+            rates["conv:fused"] = _best_rate(lambda: fused(x), flops)
+            rates["conv:onednn"] = _best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)
+        return rates
 
 
 # -- the oneDNN layers ---------------------------------------------------------------------------

@@ -35,6 +35,8 @@ def test_every_kernel_choice_equals_the_reference_dense_net(kernels):
 def test_fused_convolutions_and_pooling_give_torchs_numbers_exactly(dtype):
     """ReLU inside oneDNN's convolution and the four-view max-pool change no bit: relu commutes
     with rounding, and a maximum is a maximum (odd sides are floored as nn.MaxPool2d does)."""
+    if K.onednn_refusal(dtype):
+        pytest.skip(K.onednn_refusal(dtype))
     from torch import nn
     gen = torch.Generator().manual_seed(1)
     stack = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2),
@@ -72,7 +74,8 @@ def test_kernels_are_named_and_checked(monkeypatch):
 
 @pytest.mark.parametrize("vendor,fc", [("AuthenticAMD", "onednn"), ("GenuineIntel", "gemm"), ("", "gemm")])
 def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
-    monkeypatch.setattr(K, "cpu_info", lambda: K.CpuInfo("X", ("avx2",), 2, vendor))
+    monkeypatch.setattr(K, "cpu_info", lambda: K.CpuInfo("X", ("avx512f",), 2, vendor))
+    monkeypatch.setattr(K, "_onednn_bfloat16", lambda: True)  # (where not: the test after the next)
     monkeypatch.delenv("FEATX_KERNELS", raising=False)
     K._choose.cache_clear()
     try:
@@ -88,7 +91,7 @@ def test_the_choice_follows_the_cpu_once_per_process(vendor, fc, monkeypatch):
         forced = K.choose("cpu", torch.float32)
         assert (forced.conv, forced.fc) == ("onednn", fc) and "FEATX_KERNELS" in forced.how
         assert K.choose("cuda", torch.float32) == K.Kernels()  # the override is about CPUs
-        with pytest.raises(ConfigError, match="oneDNN kernels need"):
+        with pytest.raises(ConfigError, match="oneDNN kernels run float32 and bfloat16, not float16"):
             K.choose("cpu", torch.float16)
     finally:
         K._choose.cache_clear()
@@ -106,6 +109,11 @@ def test_bfloat16_runs_on_cpu_with_every_kernel_choice(kernels, monkeypatch):
     bench/dtype_accuracy.py, not asserted here)."""
     monkeypatch.setitem(NETS, "M", MID)
     pixels = [np.random.default_rng(0).integers(0, 256, (240, 300, 3), dtype=np.uint8)]
+    if K.onednn_refusal(torch.bfloat16) and {"fused", "onednn"} & {kernels.conv, kernels.fc}:
+        # a CPU where oneDNN has no bfloat16 (AVX2 only): one line before any net is built
+        with pytest.raises(ConfigError, match=r"oneDNN runs bfloat16 only on CPUs with AVX-512"):
+            Extractor("M", scales=(256,), weights="random:0", device="cpu", dtype="bfloat16", kernels=kernels)
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # CI CPUs without native bfloat16 warn
         half = Extractor("M", scales=(256,), weights="random:0", device="cpu", dtype="bfloat16",
@@ -132,3 +140,23 @@ def test_cpu_info_reads_the_model_and_the_flags_that_matter():
     assert info.model and info.cores >= 1
     assert set(info.flags) <= set(K.CPU_FLAGS)
     assert info.native_bfloat16 == ("avx512_bf16" in info.flags or "amx_bf16" in info.flags)
+
+
+def test_the_rule_keeps_bfloat16_off_onednn_where_onednn_refuses_it(monkeypatch):
+    # an AVX2-only CPU (an AMD EPYC of this kind runs CI at times): oneDNN has no bfloat16 there
+    monkeypatch.setattr(K, "_onednn_bfloat16", lambda: False)
+    monkeypatch.delenv("FEATX_KERNELS", raising=False)
+    K._choose.cache_clear()
+    try:
+        chosen = K.choose("cpu", torch.bfloat16)
+        assert (chosen.conv, chosen.fc) == ("channels_last", "gemm") and "lacks" in chosen.how
+        assert K.choose("cpu", torch.float32).conv == "fused"  # float32 is unaffected
+        with pytest.raises(ConfigError, match=r"kernels conv=fused,fc=gemm: oneDNN runs bfloat16 only on CPUs"):
+            K.check_supported(K.Kernels(conv="fused"), "cpu", torch.bfloat16)
+        K.check_supported(K.Kernels(conv="fused"), "cpu", torch.float32)
+        monkeypatch.setenv("FEATX_KERNELS", "conv=onednn")
+        K._choose.cache_clear()
+        with pytest.raises(ConfigError, match=r"FEATX_KERNELS='conv=onednn': oneDNN runs bfloat16 only"):
+            K.choose("cpu", torch.bfloat16)
+    finally:
+        K._choose.cache_clear()
