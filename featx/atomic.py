@@ -94,23 +94,27 @@ def write_text(path, text: str) -> Path:
     return write_bytes(path, text.encode("utf-8"))
 
 
-def check_writable(folder, what: str) -> Path:
+def check_writable(folder, what: str, outcome: str = "nothing was computed") -> Path:
     """Refuse now, in one line, a folder that results cannot be written to (read-only, not a
-    folder), before the work whose output would go there starts."""
+    folder), before the work whose output would go there starts; `outcome` says what the
+    refusal leaves (nothing computed, an old report kept)."""
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
         blocking = next(p for p in (folder, *folder.parents) if p.exists())
-        raise OutputError(f"{what}: {blocking} is a file, not a folder; nothing was computed") from None
+        raise OutputError(f"{what}: {blocking} is a file, not a folder; {outcome}") from None
     except OSError as e:
-        raise write_error(folder / ".", e, f"nothing was computed; give another {what}") from None
+        raise write_error(folder / ".", e, f"{outcome}; give another {what}") from None
     probe = temporary(folder / ".featx-write-probe")
     try:
         probe.write_bytes(b"")
     except OSError as e:
-        raise OutputError(f"{what} {folder} is not writable ({e.strerror}); nothing was computed: give "
+        raise OutputError(f"{what} {folder} is not writable ({e.strerror}); {outcome}: give "
                           f"another {what}") from None
     finally:
-        probe.unlink(missing_ok=True)
+        try:
+            probe.unlink(missing_ok=True)
+        except OSError:  # a read-only filesystem refuses even to remove what is not there
+            pass
     return folder

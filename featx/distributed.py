@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import subprocess
+import sys
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -62,18 +66,36 @@ def connect(address: str | None = None):
         raise ConfigError(f"cannot start or reach Ray at {where}: {type(e).__name__}: {e}") from None
     if address is None and not os.environ.get("RAY_ADDRESS"):
         _shut_down_on_sigterm()
+        _start_watchdog()
     return ray
 
 
 def _shut_down_on_sigterm() -> None:
     """A local Ray instance this process started goes with it: Ctrl-C and a normal exit run
     Ray's own atexit shutdown; SIGTERM (kill, a scheduler's stop) is turned into an exit that
-    runs it too. (SIGKILL runs nothing in the process: Ray's own fate-sharing is all there is.)"""
-    import signal
-    import sys
-    import threading
+    runs it too. (SIGKILL runs nothing in the process: featx.watchdog handles that.)"""
     if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
+_WATCHDOG = None
+
+
+def _start_watchdog() -> None:
+    """kill -9 of this process: featx.watchdog ends the Ray processes it leaves (Linux only).
+    The watchdog reads a pipe whose write end stays open here, unshared, until this process ends."""
+    global _WATCHDOG
+    if not sys.platform.startswith("linux") or _WATCHDOG is not None:
+        return
+    read_end, write_end = os.pipe()  # not inheritable: Ray's processes never hold it
+    try:
+        _WATCHDOG = (subprocess.Popen([sys.executable, "-m", "featx.watchdog", str(os.getpid())],
+                                      stdin=read_end, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                      start_new_session=True), write_end)
+    except OSError:
+        os.close(write_end)  # no watchdog: Ray's own fate-sharing is what is left
+    finally:
+        os.close(read_end)
 
 
 def _check_device(device, gpus_per_worker):

@@ -185,10 +185,12 @@ def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Pat
     """Write results_dir/README.md and results_dir/figures/*.png from the result files there.
     A result that cannot be read, or whose files are not one run's, is left out (its row says
     not run) and named through log; the others are reported."""
-    from .atomic import write_text
+    from .atomic import check_writable, write_text
     results_dir = Path(results_dir)
     figures = results_dir / "figures"
-    figures.mkdir(parents=True, exist_ok=True)
+    kept = f"{results_dir / 'README.md'} is kept as it was"
+    check_writable(results_dir, "--results-dir", kept)
+    check_writable(figures, "--results-dir", kept)
     results = {}
     for p in pipelines:
         path = results_dir / p.dataset / f"{p.name}.json"

@@ -239,3 +239,57 @@ def test_a_local_ray_instance_goes_with_its_driver_on_sigterm(monkeypatch):
     monkeypatch.setattr(signal, "getsignal", lambda s: print)  # someone else's handler
     _shut_down_on_sigterm()
     assert installed == {}
+
+
+DRIVER = """
+import json, os, subprocess, sys, time
+from featx import distributed, watchdog
+sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
+if sys.argv[1] == "ray":
+    distributed.connect()
+    time.sleep(3)  # the agents start a moment after ray.init returns
+else:  # stand-ins: a child that names Ray in its command line, and one that does not
+    subprocess.Popen(sleep + ["ray-agent-standin"]), subprocess.Popen(sleep + ["unrelated"])
+    distributed._start_watchdog()
+    time.sleep(2)  # the watchdog's first look at the process tree
+everything = watchdog.descendants(os.getpid())
+print(json.dumps(sorted(everything)), flush=True)
+time.sleep(120)
+"""
+
+
+def _killed_driver(kind):
+    """Start a driver, SIGKILL it once it printed its Ray processes; (those pids, survivors)."""
+    import json
+    import subprocess
+    import time
+    from featx.watchdog import _stat
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the watchdog follows the process tree in /proc (Linux)")
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, kind], stdout=subprocess.PIPE, text=True)
+    try:
+        ray_pids = json.loads(driver.stdout.readline())
+        children = {int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or (0,))[0] == driver.pid}
+    finally:
+        driver.kill()
+        driver.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(_stat(p) for p in ray_pids):
+        time.sleep(0.2)
+    return ray_pids, children, [p for p in ray_pids if _stat(p)]
+
+
+def test_the_watchdog_ends_the_ray_processes_a_killed_driver_leaves_and_nothing_else():
+    ray_pids, children, survivors = _killed_driver("standins")
+    assert len(ray_pids) == 1 and survivors == []
+    from featx.watchdog import _stat
+    unrelated = [p for p in children - set(ray_pids) if b"unrelated" in open(f"/proc/{p}/cmdline", "rb").read()]
+    assert len(unrelated) == 1 and _stat(unrelated[0]) is not None  # not Ray's: left alone
+    os.kill(unrelated[0], signal.SIGKILL)
+
+
+def test_a_local_ray_instance_goes_with_its_driver_on_kill_9():
+    pytest.importorskip("ray.data", reason="needs pip install 'featx[ray]'")
+    ray_pids, _, survivors = _killed_driver("ray")
+    assert len(ray_pids) >= 4  # gcs_server, raylet, the agents, workers...
+    assert survivors == []

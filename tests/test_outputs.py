@@ -234,3 +234,92 @@ def test_a_cache_that_can_be_read_but_not_written_is_never_called_damaged(tmp_pa
     monkeypatch.setattr("featx.cache.h5py.File", no_writing)
     line = one_line(run(*args, "--retry-failed"), "can be read but not written", "The file is intact")
     assert "move it aside" not in line
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 4 MiB filesystem (tmpfs), for the errors that no monkeypatch can fake faithfully:
+    ENOSPC from the kernel mid-write, EROFS after a remount. Needs the right to mount (root in
+    a container that allows it); skips cleanly elsewhere."""
+    import subprocess
+    import sys
+    where = tmp_path / "disk"
+    where.mkdir()
+    if not sys.platform.startswith("linux") or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root and a kernel that allows it)")
+    yield where
+    subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+def fill(disk):
+    """Fill the filesystem to its last byte."""
+    with open(disk / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 4096)
+        except OSError as e:
+            assert e.errno == errno.ENOSPC
+    return disk / "filler"
+
+
+def remount(disk, mode):
+    import subprocess
+    subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
+
+
+def test_a_real_full_disk_under_results_and_the_report_is_one_line_and_keeps_every_old_file(tmp_path, pets, small_disk):
+    results = small_disk / "results"
+    args = ["svm", f"folder:{pets}", "--net", "T", "--weights", "random:0", "--scales", "224",
+            "--cache-dir", tmp_path / "c", "--results-dir", results, "--extract"]
+    assert run(*args, "--c-grid", "1").exit_code == 0
+    assert run("report", "--results-dir", results).exit_code == 0
+    before = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    filler = fill(small_disk)
+    one_line(run(*args, "--c-grid", "0.01"), f"no space left on the device holding {results / 'pets'}",
+             "is kept as it was")
+    one_line(run("report", "--results-dir", results), f"no space left on the device holding {results}",
+             "README.md is kept as it was")
+    after = {p: p.read_bytes() for p in results.rglob("*") if p.is_file()}
+    assert after == before  # nothing truncated, no temporary left behind
+    filler.unlink()
+    assert run(*args, "--c-grid", "0.01").exit_code == 0  # room again: the run completes
+    assert run("report", "--results-dir", results).exit_code == 0
+
+
+def test_a_real_full_disk_under_the_cache_keeps_what_was_computed(tmp_path, pets, small_disk):
+    from featx.cache import DescriptorCache
+    args = ["extract", "--images", pets, "--net", "T", "--weights", "random:0", "--scales", "224",
+            "--cache-dir", small_disk / "c", "-q"]
+    assert run(*args).exit_code == 0
+    cache = next((small_disk / "c").rglob("*.h5"))
+    c = DescriptorCache(cache)
+    ids, before = list(c.ids), c.load([224])
+    for i in range(40):
+        make_image(pets / "more" / f"{i}.png", (240, 230), seed=500 + i)
+    filler = fill(small_disk)
+    one_line(run(*args), f"no space left on the device holding {cache}", "every row already committed is kept")
+    assert np.array_equal(DescriptorCache(cache).load([224], ids=ids), before)  # still a cache, as it was
+    filler.unlink()
+    r = run(*args)
+    assert r.exit_code == 0 and "reused 8, failed 0" in r.output, r.output
+
+
+def test_a_real_read_only_filesystem(tmp_path, pets, small_disk):
+    cache, results = small_disk / "c", small_disk / "results"
+    args = ["svm", f"folder:{pets}", "--net", "T", "--weights", "random:0", "--scales", "224", "--c-grid", "1",
+            "--cache-dir", cache, "--extract"]
+    assert run(*args, "--results-dir", results).exit_code == 0
+    remount(small_disk, "ro")
+    try:
+        r = run("extract", "--images", pets, "--net", "T", "--weights", "random:0", "--scales", "224",
+                "--cache-dir", cache)
+        assert r.exit_code == 0 and "computed 0, reused 8, failed 0" in r.output, r.output
+        r = run(*args, "--results-dir", tmp_path / "r2")  # the read-only cache, results elsewhere
+        assert r.exit_code == 0, r.output
+        one_line(run(*args, "--results-dir", results), f"--results-dir {results / 'pets'} is not writable "
+                 "(Read-only file system); nothing was computed")
+        one_line(run("report", "--results-dir", results), f"--results-dir {results} is not writable",
+                 "README.md is kept as it was")
+    finally:
+        remount(small_disk, "rw")
