@@ -17,7 +17,7 @@ a time through the obvious dense net (fc6 a 7x7 nn.Conv2d, fc7 a 1x1), NCHW, the
 second pass, no channels-last, no prefetching threads. Half types
 are compared with float32 by the cosine similarity of their descriptors (the smallest over
 the images). The figures go to results/bench/<cpu model>.json; bench/tables.py turns every such
-file into the README's speed tables. Peak memory: the
+file into the speed tables of docs/speed.md. Peak memory: the
 process's peak RSS so far (CPU; configurations run in increasing Q) or torch's peak allocation
 per configuration (CUDA).
 """

@@ -1,7 +1,7 @@
-"""The README's speed tables, generated from the figures in results/bench/*.json.
+"""The speed tables of docs/speed.md, generated from the figures in results/bench/*.json.
 
-    python bench/tables.py            # rewrite the README between its bench-table markers
-    python bench/tables.py --check    # exit 1 if the README is not what the JSON files give (CI)
+    python bench/tables.py            # rewrite docs/speed.md between its bench-table markers
+    python bench/tables.py --check    # exit 1 if docs/speed.md is not what the JSON files give (CI)
 
 Every machine measured has its own files (bench/extract.py, bench/winograd.py and
 bench/dtype_accuracy.py write them, named after the CPU model); each table says which CPU,
@@ -167,7 +167,7 @@ def tables(folder: Path) -> str:
 
 def updated(readme: str, body: str) -> str:
     if BEGIN not in readme or END not in readme:
-        raise SystemExit(f"the README lacks the markers {BEGIN!r} ... {END!r}")
+        raise SystemExit(f"the page lacks the markers {BEGIN!r} ... {END!r}")
     head, rest = readme.split(BEGIN, 1)
     return head + BEGIN + "\n" + body + rest[rest.index(END):]
 
@@ -175,18 +175,18 @@ def updated(readme: str, body: str) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true")
-    p.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    p.add_argument("--page", type=Path, default=ROOT / "docs" / "speed.md")
     p.add_argument("--figures", type=Path, default=ROOT / "results" / "bench")
     a = p.parse_args()
-    readme = a.readme.read_text()
+    readme = a.page.read_text()
     new = updated(readme, tables(a.figures))
     if a.check:
         if new != readme:
-            sys.exit(f"{a.readme}: the speed tables differ from {a.figures}/*.json; run python bench/tables.py")
-        print(f"{a.readme}: speed tables match {a.figures}/*.json")
+            sys.exit(f"{a.page}: the speed tables differ from {a.figures}/*.json; run python bench/tables.py")
+        print(f"{a.page}: speed tables match {a.figures}/*.json")
         return
-    a.readme.write_text(new)
-    print(f"rewrote the speed tables in {a.readme}")
+    a.page.write_text(new)
+    print(f"rewrote the speed tables in {a.page}")
 
 
 if __name__ == "__main__":

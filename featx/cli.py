@@ -123,8 +123,8 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--device", default="auto", show_default=True, help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, ...")
 @click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32",
               show_default=True, help="Compute type. float32: the paper's rows. bfloat16: GPUs, and CPUs "
-              "with native bfloat16 (avx512_bf16: about 2x float32; AMX: about 3x; Caltech-101 accuracy "
-              "unchanged: see the README), emulated and slower elsewhere (featx warns). float16: GPUs. "
+              "with native bfloat16 (avx512_bf16 or AMX; its speed and accuracy: docs/speed.md), "
+              "emulated and slower elsewhere (featx warns). float16: GPUs. "
               "Other types than float32 get their own cache file (<net>-<weights>-<dtype>.h5).")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")
 @click.option("--workers", type=click.IntRange(min=1), help="Threads decoding images ahead of the net [min(4, cores)].")

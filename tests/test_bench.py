@@ -63,7 +63,7 @@ def test_speed_tables_are_generated_from_the_json_figures(tmp_path):
     readme = tmp_path / "README.md"
     tables = _bench_module("tables")
     readme.write_text(f"# x\n\n{tables.BEGIN}\nold\n{tables.END}\n\nafter\n")
-    cmd = [sys.executable, str(BENCH / "tables.py"), "--readme", str(readme), "--figures", str(figures)]
+    cmd = [sys.executable, str(BENCH / "tables.py"), "--page", str(readme), "--figures", str(figures)]
     assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 1
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     text = readme.read_text()
@@ -72,6 +72,6 @@ def test_speed_tables_are_generated_from_the_json_figures(tmp_path):
     assert subprocess.run(cmd + ["--check"], capture_output=True).returncode == 0
 
 
-def test_readme_speed_tables_match_the_committed_figures():
+def test_the_speed_tables_of_docs_speed_md_match_the_committed_figures():
     r = subprocess.run([sys.executable, str(BENCH / "tables.py"), "--check"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

@@ -1,5 +1,6 @@
-"""The README stays true: every `featx ...` command line in it names commands, options and
-choices that exist, and its Python example runs (on a tiny net standing in for Net-E)."""
+"""The README and docs/ stay true: every `featx ...` command line in them names commands,
+options and choices that exist, every relative link leads to a file that exists, and the
+README's Python example runs (on a tiny net standing in for Net-E)."""
 import re
 import shlex
 from pathlib import Path
@@ -13,13 +14,35 @@ from featx.cli import main
 
 from conftest import make_image
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def fenced(lang: str | None = None) -> list[str]:
-    """The README's fenced code blocks (of one language, or those without a language or bash)."""
-    blocks = re.findall(r"```(\w*)\n(.*?)```", README.read_text(), flags=re.S)
+def fenced(lang: str | None = None, pages=PAGES) -> list[str]:
+    """The pages' fenced code blocks (of one language, or those without a language or bash)."""
+    blocks = [b for page in pages for b in re.findall(r"```(\w*)\n(.*?)```", page.read_text(), flags=re.S)]
     return [body for tag, body in blocks if (tag == lang if lang else tag in ("", "bash", "sh"))]
+
+
+def links(page: Path) -> list[str]:
+    """The relative link targets of a markdown page, outside its code blocks, anchors cut."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    targets = re.findall(r"\]\(([^)\s]+)\)", text)
+    return [t.split("#")[0] for t in targets if not re.match(r"[a-z]+:", t) and t.split("#")[0]]
+
+
+def test_the_readme_is_short_and_links_to_every_docs_page():
+    assert len(README.read_text().splitlines()) <= 200
+    linked = {(README.parent / t).resolve() for t in links(README)}
+    assert set(PAGES[1:]) <= linked, [p.name for p in PAGES[1:] if p not in linked]
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_relative_link_leads_to_a_file(page):
+    found = links(page)
+    missing = [t for t in found if not (page.parent / t).exists()]
+    assert not missing, f"{page.name}: {missing}"
 
 
 def command_lines() -> list[list[str]]:
@@ -79,7 +102,7 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
         assert r.exit_code == 0, r.output
     namespace = {"train_paths": [str(p) for p in sorted(tmp_path.glob("my_photos/*/*.jpg"))] * 2,
                  "train_labels": np.array([0, 0, 1, 1] * 2)}
-    block, = fenced("python")
+    block, = fenced("python", [README])
     exec(compile(block, str(README), "exec"), namespace)
     assert namespace["per_scale"].shape == (2, 3, 16) and namespace["x"].shape == (2, 2, 16)
     assert namespace["X"].shape == (4, 16) and len(namespace["ids"]) == 4
