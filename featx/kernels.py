@@ -89,10 +89,11 @@ def _choose(device_type: str, dtype) -> Kernels:
     if device_type != "cpu":  # FEATX_KERNELS is about CPUs: GPUs run cuBLAS / cuDNN
         return Kernels(how=f"{device_type}: torch's own kernels")
     forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
-    if onednn_refusal(dtype):
+    refusal = onednn_refusal(dtype)
+    if refusal:
         if {"onednn", "fused"} & set(forced.values()):
-            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: {onednn_refusal(dtype)}")
-        return Kernels(**forced, how="FEATX_KERNELS" if forced else f"default ({onednn_refusal(dtype)})")
+            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: {refusal}")
+        return Kernels(**forced, how="FEATX_KERNELS" if forced else f"default ({refusal})")
     rule = {"conv": "fused"}
     vendor = cpu_info().vendor  # x86 only ("" on ARM and elsewhere: MKL is not in play there)
     if dtype == torch.float32 and vendor and vendor != "GenuineIntel":

@@ -1,8 +1,11 @@
 """The Ray engine on a local Ray instance (2 CPUs, tiny net): same file as the local engine,
 survives a worker killed mid-run, reuses everything on a rerun; the Ray Dataset entry point."""
+import json
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +17,7 @@ from featx.cache import DescriptorCache
 from featx.cli import main
 from featx.errors import ConfigError
 from featx.extract import Extractor
+from featx.watchdog import _stat as process_stat
 
 KILL_FILE = "FEATX_TEST_KILL_FILE"
 
@@ -248,44 +252,39 @@ sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
 if sys.argv[1] == "ray":
     distributed.connect()
     time.sleep(3)  # the agents start a moment after ray.init returns
+    unrelated = None
 else:  # stand-ins: a child that names Ray in its command line, and one that does not
-    subprocess.Popen(sleep + ["ray-agent-standin"]), subprocess.Popen(sleep + ["unrelated"])
+    subprocess.Popen(sleep + ["ray-agent-standin"])
+    unrelated = subprocess.Popen(sleep + ["unrelated"]).pid
     distributed._start_watchdog()
     time.sleep(2)  # the watchdog's first look at the process tree
-everything = watchdog.descendants(os.getpid())
-print(json.dumps(sorted(everything)), flush=True)
+print(json.dumps([sorted(watchdog.descendants(os.getpid())), unrelated]), flush=True)
 time.sleep(120)
 """
 
 
 def _killed_driver(kind):
-    """Start a driver, SIGKILL it once it printed its Ray processes; (those pids, survivors)."""
-    import json
-    import subprocess
-    import time
-    from featx.watchdog import _stat
+    """Start a driver, SIGKILL it once it printed its Ray processes; (those pids, the pid of
+    its child that is not Ray's or None, the Ray pids still running 15 s later)."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the watchdog follows the process tree in /proc (Linux)")
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, kind], stdout=subprocess.PIPE, text=True)
     try:
-        ray_pids = json.loads(driver.stdout.readline())
-        children = {int(p) for p in os.listdir("/proc") if p.isdigit() and (_stat(int(p)) or (0,))[0] == driver.pid}
+        ray_pids, unrelated = json.loads(driver.stdout.readline())
     finally:
         driver.kill()
         driver.wait()
     deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_stat(p) for p in ray_pids):
+    while time.monotonic() < deadline and any(process_stat(p) for p in ray_pids):
         time.sleep(0.2)
-    return ray_pids, children, [p for p in ray_pids if _stat(p)]
+    return ray_pids, unrelated, [p for p in ray_pids if process_stat(p)]
 
 
 def test_the_watchdog_ends_the_ray_processes_a_killed_driver_leaves_and_nothing_else():
-    ray_pids, children, survivors = _killed_driver("standins")
+    ray_pids, unrelated, survivors = _killed_driver("standins")
     assert len(ray_pids) == 1 and survivors == []
-    from featx.watchdog import _stat
-    unrelated = [p for p in children - set(ray_pids) if b"unrelated" in open(f"/proc/{p}/cmdline", "rb").read()]
-    assert len(unrelated) == 1 and _stat(unrelated[0]) is not None  # not Ray's: left alone
-    os.kill(unrelated[0], signal.SIGKILL)
+    assert unrelated not in ray_pids and process_stat(unrelated) is not None  # not Ray's: left alone
+    os.kill(unrelated, signal.SIGKILL)
 
 
 def test_a_local_ray_instance_goes_with_its_driver_on_kill_9():

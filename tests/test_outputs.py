@@ -4,6 +4,8 @@ cannot be edited into wrong answers (#25)."""
 import errno
 import json
 import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -241,8 +243,6 @@ def small_disk(tmp_path):
     """A real 4 MiB filesystem (tmpfs), for the errors that no monkeypatch can fake faithfully:
     ENOSPC from the kernel mid-write, EROFS after a remount. Needs the right to mount (root in
     a container that allows it); skips cleanly elsewhere."""
-    import subprocess
-    import sys
     where = tmp_path / "disk"
     where.mkdir()
     if not sys.platform.startswith("linux") or subprocess.run(
@@ -264,7 +264,6 @@ def fill(disk):
 
 
 def remount(disk, mode):
-    import subprocess
     subprocess.run(["mount", "-o", f"remount,{mode}", str(disk)], check=True)
 
 
