@@ -56,11 +56,13 @@ RECOVER = "move it aside (or delete it) and run featx extract again to rebuild i
 
 
 def cache_file(folder, net: str, weights, dtype: str = "float32") -> Path:
-    """Where an image set's cache for one net and weight source lives: FOLDER/<net>-<weights>.h5,
-    or FOLDER/<net>-<weights>-<dtype>.h5 for descriptors computed in another type than float32,
+    """Where an image set's cache for one net and weight source lives: FOLDER/<net>-<weights>.h5
+    (timm:MODEL is timm-MODEL), or FOLDER/<net>-<weights>-<dtype>.h5 for descriptors computed in another type than float32,
     so that the two live side by side (a file never mixes types)."""
+    from .specs import get_spec
     from .weights import weights_tag
-    return Path(folder) / f"{net}-{weights_tag(weights)}{'' if dtype == 'float32' else '-' + dtype}.h5"
+    name = get_spec(net).file_name  # "E", "timm-resnet50"
+    return Path(folder) / f"{name}-{weights_tag(weights)}{'' if dtype == 'float32' else '-' + dtype}.h5"
 
 
 def lock_file(path) -> Path:

@@ -7,6 +7,7 @@ import click
 
 from .errors import ConfigError, FeatxError
 from .paths import COMPUTE_TYPES
+from .specs import NETS, label_of
 
 
 
@@ -65,24 +66,35 @@ def parse_nets(text: str) -> list[str]:
     except ConfigError as e:
         raise click.BadParameter(str(e), param_hint="--net") from None
     if not nets:
-        raise click.BadParameter("name at least one net: D, E or D,E", param_hint="--net")
+        raise click.BadParameter("name at least one net: D, E, D,E or timm:MODEL", param_hint="--net")
     if len(set(nets)) != len(nets):
         raise click.BadParameter(f"{text!r} names a net twice", param_hint="--net")
     return nets
 
 
-def parse_per_net(text: str | None, nets: list[str]) -> dict:
-    """'torchvision' for every net, or 'D=vgg16.pth,E=vgg19.h5'."""
+def parse_per_net(text: str | None, nets: list[str], default=None) -> dict:
+    """'caffe' for every net, or 'D=vgg16.pth,E=vgg19.h5,timm:resnet50=r50.pth'; a net given no
+    value gets default(net) (None: no value)."""
+    from .specs import get_spec, label_of
     if text is None or "=" not in text:
-        return {n: text for n in nets}
+        return {n: text if text is not None else default and default(n) for n in nets}
     out = {}
     for part in text.split(","):
         net, _, value = part.partition("=")
-        out[net.strip().upper()] = value.strip()
+        try:
+            out[get_spec(net.strip()).name] = value.strip()
+        except ConfigError as e:
+            raise click.BadParameter(f"{text!r}: {e}") from None
     absent = [n for n in nets if n not in out]
     if absent:
-        raise click.BadParameter(f"no value given for Net-{absent[0]} in {text!r}")
+        raise click.BadParameter(f"no value given for {label_of(absent[0])} in {text!r}")
     return out
+
+
+def parse_weights(text: str | None, nets: list[str]) -> dict:
+    """--weights per net; a net not named gets its backbone's default source."""
+    from .specs import default_weights
+    return parse_per_net(text, nets, default_weights)
 
 
 def command_of(ctx: click.Context) -> str:
@@ -111,10 +123,13 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--dataset", help="voc2007, voc2012, voc2012-action, caltech101, caltech256, folder:DIR or csv:FILE.")
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--split", help="Dataset splits to compute, comma-separated (default: all images).")
-@click.option("--net", "nets", default="D", show_default=True, help="D (VGG16), E (VGG19) or D,E.")
+@click.option("--net", "nets", default="D", show_default=True,
+              help="D (VGG16), E (VGG19), D,E, or timm:MODEL (any timm model's pooled pre-logits "
+                   "features, pip install 'featx[timm]'), e.g. E,timm:resnet50.")
 @click.option("--scales", default="256:512", show_default=True,
               help="Short sides Q: 256:768 = 256..768 step 128; 256:768:64; or 256,384,512.")
-@click.option("--weights", help="torchvision (default), caffe, a .pth / Keras .h5 file; per net: D=a.pth,E=b.h5.")
+@click.option("--weights", help="VGG: torchvision (default), caffe, a .pth / Keras .h5 file. timm:MODEL: timm "
+                                "(default), a .pth / .safetensors file, random. Per net: D=a.pth,E=b.h5.")
 @click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]),
               help="Input convention of a bare .pth file (named sources carry their own).")
 @click.option("--out", type=click.Path(path_type=Path),
@@ -145,10 +160,11 @@ def command_of(ctx: click.Context) -> str:
 def extract(images, dataset, root, split, nets, scales, weights, preprocess, out, cache_dir, device,
             dtype, batch_size, workers, no_flip, strict, retry_failed, quiet, engine, address, num_workers,
             gpus_per_worker, cpus_per_worker):
-    """Compute dense VGG descriptors into an HDF5 cache (resumable).
+    """Compute dense VGG (or timm) descriptors into an HDF5 cache (resumable).
 
     Each image is rescaled so its short side is Q, run densely through the net, the fc7 map
-    is average-pooled and averaged with the mirrored image's. Results go to one HDF5 file
+    is average-pooled and averaged with the mirrored image's (a timm:MODEL net: its own
+    pooled pre-logits features, see docs/cli.md). Results go to one HDF5 file
     per (image set, net, weights): by default CACHE_DIR/<set>/<net>-<weights>.h5, where <set>
     is a benchmark's name or, for a folder, list or CSV, its name and a digest of where it
     lives (featx svm, predict and info find the same file). Each row records the file it was
@@ -170,7 +186,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
-    weights = parse_per_net(weights or "torchvision", nets)
+    weights = parse_weights(weights, nets)
     preprocess = parse_per_net(preprocess, nets)
     if bool(images) == bool(dataset):
         raise click.UsageError("give either --images or --dataset")
@@ -262,7 +278,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
         known = describe_weights(digest)
         click.echo(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
         click.echo(f"  image set   {a.get('image_set')!s}: {len(c)} images")
-        click.echo(f"  net         Net-{a['net']} ({a['arch']}), {a['dim']}-D fc7, {a.get('dtype')}")
+        click.echo(f"  net         {label_of(a['net'])} ({a['arch']}), {a['dim']}-D{' fc7' if a['net'] in NETS else ''}, {a.get('dtype')}")
         click.echo(f"  weights     {a['weights']} {a.get('weights_file') or ''} "
                    f"{'digest ' + digest[8:20] if digest.startswith('tensors:') else 'file sha256 ' + digest[:12]}"
                    + (f"\n              = {known}" if known else ""))
@@ -314,7 +330,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
 @click.option("--dataset", help="The image set whose caches to export: voc2007, ..., folder:DIR or csv:FILE "
               "(adds labels and splits).")
 @click.option("--images", type=click.Path(path_type=Path), help="The folder or list of images whose caches to export.")
-@click.option("--net", "nets", default="D", show_default=True, help="[--dataset/--images] D, E or D,E.")
+@click.option("--net", "nets", default="D", show_default=True, help="[--dataset/--images] D, E, D,E or timm:MODEL.")
 @click.option("--weights", help="[--dataset/--images] Weight source the caches were computed with (as for extract).")
 @click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
               help="[--dataset/--images] The type the descriptors were computed in.")
@@ -362,12 +378,12 @@ def export_command(caches, out, dataset, images, nets, weights, dtype, root, cac
         for path in caches:
             c = DescriptorCache(path)
             if c.attrs["net"] in files:
-                raise click.UsageError(f"{path} and {files[c.attrs['net']].path} are both Net-{c.attrs['net']} caches")
+                raise click.UsageError(f"{path} and {files[c.attrs['net']].path} are both {label_of(c.attrs['net'])} caches")
             files[c.attrs["net"]] = c
     else:
         data = load_image_list(images) if images else load_dataset(dataset, root)
         nets = parse_nets(nets)
-        weights = parse_per_net(weights or "torchvision", nets)
+        weights = parse_weights(weights, nets)
         for net in nets:
             path = cache_path(data, net, weights[net], dtype, cache_dir, root)
             if path.is_file():
@@ -376,7 +392,7 @@ def export_command(caches, out, dataset, images, nets, weights, dtype, root, cac
         hint = extract_command(data, nets, scales or shared or (256,), weights, None, dtype, cache_dir, root)
         for net in nets:
             if net not in files:
-                raise ConfigError(f"no cached Net-{net} descriptors at "
+                raise ConfigError(f"no cached {label_of(net)} descriptors at "
                                   f"{cache_path(data, net, weights[net], dtype, cache_dir, root)}; compute them with:\n  {hint}")
         if split:
             hint += " --split " + split
@@ -432,7 +448,7 @@ def datasets_download(name, root):
 
 @main.command()
 @click.argument("dataset")
-@click.option("--net", "nets", default="D", show_default=True, help="D, E or D,E (late fusion).")
+@click.option("--net", "nets", default="D", show_default=True, help="D, E, timm:MODEL, or several: D,E (late fusion).")
 @click.option("--scales", default="256:512", show_default=True, help="Scales to use (as for extract).")
 @click.option("--aggregate", type=click.Choice(["mean", "stack", "max"]), default="mean", show_default=True,
               help="Across scales: mean (VOC's best), stack (Caltech's best) or max.")
@@ -482,7 +498,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
-    weights = parse_per_net(weights or "torchvision", nets)
+    weights = parse_weights(weights, nets)
     preprocess = parse_per_net(preprocess, nets)
     try:
         grid = tuple(float(c) for c in c_grid.split(","))
@@ -504,9 +520,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     ctx = click.get_current_context()
     result = replace(result, paper=match.paper if match else None, paper_pipeline=match.name if match else None,
                      command=ctx.meta.get("featx.command") or command_of(ctx))
-    run_name = run_name or "-".join(["".join(nets), f"{scales[0]}-{scales[-1]}x{len(scales)}", aggregate]
-                                    + ([setting.replace("+", "")] if data.name == "voc2012-action" else [])
-                                    + ([dtype] if dtype != "float32" else []))
+    run_name = run_name or cfg.run_name()
     paths = write_result(result, results_dir / data.name, run_name)
     metrics = list(result.runs[0].scores)
     click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in metrics))
@@ -601,7 +615,7 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("featx-demo"), show_default=True,
               help="Where the images, the descriptor cache and the results go.")
-@click.option("--net", "nets", default="D", show_default=True, help="D, E or D,E.")
+@click.option("--net", "nets", default="D", show_default=True, help="D, E, timm:MODEL or several: D,E.")
 @click.option("--weights", help="torchvision (default: downloaded once, then cached) or a file, e.g. E=vgg19.pth.")
 @click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]), help="Input convention of a bare .pth.")
 @click.option("--per-class", default=50, show_default=True, help="Images per class (4..100).")

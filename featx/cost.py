@@ -11,23 +11,14 @@ import numpy as np
 from .images import target_size
 
 if TYPE_CHECKING:
-    from .specs import NetSpec
+    from .specs import Backbone
 
 
-def forward_flops(spec: NetSpec | str, h: int, w: int) -> int:
-    """2 x multiply-adds of one dense forward pass on an h x w input (conv stack, fc6 as a
-    7x7 conv, fc7 as a 1x1 conv; pools, ReLUs and the average pool are negligible)."""
+def forward_flops(spec: Backbone | str, h: int, w: int) -> int:
+    """2 x multiply-adds of one forward pass on an h x w input, as the backbone counts them
+    (VGG: from its layer shapes)."""
     from .specs import get_spec
-    spec = get_spec(spec)
-    flops, c = 0, 3
-    for v in spec.layers:
-        if v == "M":
-            h, w = h // 2, w // 2
-        else:
-            flops += 2 * h * w * 9 * c * v
-            c = v
-    oh, ow = h - spec.fc6_window + 1, w - spec.fc6_window + 1
-    return flops + 2 * oh * ow * (c * spec.fc6_window ** 2 * spec.fc_dim + spec.fc_dim * spec.fc_dim)
+    return get_spec(spec).forward_flops(h, w)
 
 
 def descriptor_flops(spec, size: tuple[int, int], q: int, flip: bool = True) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 
 from .aggregate import AGGREGATIONS, combine
 from .errors import ConfigError
-from .specs import DEFAULT_SCALES, get_spec
+from .specs import DEFAULT_SCALES, default_weights, get_spec
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Descriptor:
     scales: tuple = DEFAULT_SCALES
     aggregate: str = "mean"
     flip: bool = True
-    weights: object = "torchvision"
+    weights: object = None  # None (or a net missing from a dict): the net's default source
     preprocess: object = None
     device: str = "auto"
     dtype: str = "float32"
@@ -52,7 +52,7 @@ class Descriptor:
         rest = sorted(set(range(len(X))) - set(files))  # computed here, not kept
         failures, per_net = {}, []
         for net in self.nets:
-            d = np.full((len(X), len(self.scales), get_spec(net).fc_dim), np.nan, np.float32)
+            d = np.full((len(X), len(self.scales), get_spec(net).dim), np.nan, np.float32)
             if files:
                 d[files] = self._cached(net, [X[i] for i in files], failures, files)
             if rest:
@@ -67,10 +67,11 @@ class Descriptor:
         """One name per output column: "E_17" (mean, max), "E_Q256_17" (stack), net by net."""
         per_scale = self.aggregate == "stack"
         return [f"{net}_Q{q}_{i}" if per_scale else f"{net}_{i}" for net in self.nets
-                for q in (self.scales if per_scale else self.scales[:1]) for i in range(get_spec(net).fc_dim)]
+                for q in (self.scales if per_scale else self.scales[:1]) for i in range(get_spec(net).dim)]
 
     def weights_of(self, net):
-        return self.weights.get(net) if isinstance(self.weights, dict) else self.weights
+        given = self.weights.get(net) if isinstance(self.weights, dict) else self.weights
+        return default_weights(net) if given is None else given
 
     def preprocess_of(self, net):
         return self.preprocess.get(net) if isinstance(self.preprocess, dict) else self.preprocess
@@ -101,7 +102,7 @@ class Descriptor:
         cache = DescriptorCache(path)
         rows, ok, failed = usable_rows({net: cache}, ids, self.scales)
         failures.update({where[j]: why for j, why in failed.items()})
-        out = np.full((len(ids), len(self.scales), get_spec(net).fc_dim), np.nan, np.float32)
+        out = np.full((len(ids), len(self.scales), get_spec(net).dim), np.nan, np.float32)
         if ok.any():
             out[ok] = cache.load(tuple(self.scales), rows=rows[net][ok])
         return out

@@ -187,7 +187,7 @@ class RayExtractor:
     as the local engine does; the nets that compute live on the workers.
     """
 
-    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights="torchvision",
+    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights=None,
                  preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
                  progress=False, address=None, num_workers=None, gpus_per_worker=0.0,
                  cpus_per_worker=None, batches_per_shard=4):
@@ -257,7 +257,7 @@ class RayExtractor:
         # Our bar replaces Ray Data's progress logs; its error tracebacks become one EngineError.
         quiet.setLevel(logging.CRITICAL)
         try:
-            with WorkBar(self.spec, shards, sizes, self.flip, f"Net-{self.spec.name} on Ray, {n} worker(s),",
+            with WorkBar(self.spec, shards, sizes, self.flip, f"{self.spec.label} on Ray, {n} worker(s),",
                          self.progress) as bar:
                 for block in _worker_errors(out.iter_batches(batch_size=None, batch_format="numpy")):
                     for batch in _batches_of(block, seen):
@@ -337,7 +337,7 @@ class ImageWorker:
         return message.removeprefix(f"image #{i}: ")
 
 
-def descriptors(dataset, net="D", scales=DEFAULT_SCALES, *, weights="torchvision",
+def descriptors(dataset, net="D", scales=DEFAULT_SCALES, *, weights=None,
                 preprocess=None, column="image", flip=True, device="auto", dtype="float32",
                 batch_size=8, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
                 cpus_per_worker=None):

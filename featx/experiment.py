@@ -24,7 +24,7 @@ from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import class_recalls, nanmean, per_class_ap
 from .results import HEADLINE_SCORE, FinalModel, Result, SplitRun
-from .specs import DEFAULT_SCALES
+from .specs import DEFAULT_SCALES, NETS, default_weights, get_spec, label_of
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
@@ -47,6 +47,17 @@ class Config:
     def views(self) -> tuple:
         """What each sample is seen as: the whole image, and with image+box its person box."""
         return ("image", "box") if self.setting == "image+box" else ("image",)
+
+    def run_name(self) -> str:
+        """The results' file stem: "DE-256-512x3-mean" (nets, scales, aggregation; the setting
+        for VOC-2012 action; a compute type other than float32). Nets other than the paper's
+        are joined by "+" under their file names: "E+timm-resnet50-256-256x1-mean"."""
+        vgg = all(n in NETS for n in self.nets)
+        nets = ("" if vgg else "+").join(n if vgg else get_spec(n).file_name for n in self.nets)
+        qs = self.scales
+        return "-".join([nets, f"{qs[0]}-{qs[-1]}x{len(qs)}", self.aggregate]
+                        + ([self.setting.replace("+", "")] if self.dataset == "voc2012-action" else [])
+                        + ([self.dtype] if self.dtype != "float32" else []))
 
     def check(self, data: Dataset) -> "Config":
         """The one validator of a protocol configuration (CLI, pipeline files and Python)."""
@@ -105,9 +116,9 @@ class Descriptors:
         self.caches, self.rows = {}, {}
         use = data.protocol_rows(cfg.views)  # what the splits read
         for net in cfg.nets:
-            path = cache_path(data, net, cfg.weights.get(net, "torchvision"), cfg.dtype, cache_dir, root)
+            path = cache_path(data, net, cfg.weights.get(net) or default_weights(net), cfg.dtype, cache_dir, root)
             if not path.is_file():
-                raise CacheError(f"no cached Net-{net} descriptors at {path}; compute them with:\n  {self.hint}")
+                raise CacheError(f"no cached {label_of(net)} descriptors at {path}; compute them with:\n  {self.hint}")
             cache = self.caches[net] = DescriptorCache(path)
             # A classifier must see the descriptors it was trained on: record how they were made.
             made = cache.attrs.get("preprocess")
@@ -128,7 +139,7 @@ class Descriptors:
         if missing:
             net, by_scale = next(iter(missing.items()))
             q, rows = next(iter(by_scale.items()))
-            raise CacheError(f"Net-{net} descriptors missing for {len(rows)} images at Q={q} "
+            raise CacheError(f"{label_of(net)} descriptors missing for {len(rows)} images at Q={q} "
                              f"(e.g. {self.caches[net].ids[rows[0]]}); compute them with:\n  {self.hint}")
         self.views = cfg.views
 

@@ -31,7 +31,6 @@ from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
 from .images import as_images, decode_threads, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info, onednn_refusal, parse_kernels
-from .nets import DenseVGG
 from .specs import DEFAULT_SCALES, check_scales, get_spec
 from .paths import COMPUTE_TYPES
 from .weights import load_weights
@@ -78,7 +77,7 @@ def _malloc_trim():
         return None
 
 
-_NETS: "OrderedDict[tuple, tuple[DenseVGG, object]]" = OrderedDict()  # see Extractor.model
+_NETS: "OrderedDict[tuple, tuple[torch.nn.Module, object]]" = OrderedDict()  # see Extractor.model
 
 
 def _net_key(spec, weights, preprocess, path, device, dtype, kernels) -> tuple | None:
@@ -169,16 +168,19 @@ class WorkBar:
 
 
 class Extractor:
-    """Frozen VGG net turned into a dense multi-scale image descriptor.
+    """Frozen net turned into a dense multi-scale image descriptor.
 
     >>> ex = Extractor(net="E", weights="vgg19.pth", preprocess="caffe", scales=(256, 384))
     >>> ex.extract(["a.jpg", "b.jpg"]).shape
     (2, 2, 4096)
 
-    net: "D" (VGG16) or "E" (VGG19). scales: short sides Q (each >= 224).
-    weights: "torchvision" (default), "caffe", a .pth / Keras .h5 file, or "random[:seed]".
-    preprocess: "caffe" or "torchvision"; needed only for a bare .pth file (the named sources
-        carry their own). device: "auto" (cuda > mps > cpu), "cpu", "cuda:1", ...
+    net: "D" (VGG16), "E" (VGG19), or "timm:MODEL" (any timm model: its global-pooled
+        pre-logits features; featx.timm_net). scales: short sides Q (each >= 224 for VGG).
+    weights: for VGG "torchvision" (default), "caffe", a .pth / Keras .h5 file, or
+        "random[:seed]"; for timm models "timm" (default: timm's pretrained weights), a timm
+        .pth / .safetensors file, "random[:seed]", and for timm's VGGs the VGG sources too.
+    preprocess: "caffe" or "torchvision"; needed only for a bare VGG .pth file (the named
+        sources carry their own). device: "auto" (cuda > mps > cpu), "cpu", "cuda:1", ...
     dtype: "float32" (the paper's rows), "bfloat16" (GPUs, and CPUs with native bfloat16:
         AVX-512 BF16 or AMX; elsewhere slower, with a warning) or "float16" (GPUs). Pooling
         and the flip average stay float32. The cache records the dtype, so they never mix.
@@ -189,7 +191,7 @@ class Extractor:
     lazy: read the weights at the first forward pass rather than here.
     """
 
-    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights="torchvision",
+    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights=None,
                  preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
                  progress=False, kernels=None, lazy=False):
         self.spec = get_spec(net)
@@ -208,6 +210,10 @@ class Extractor:
                           stacklevel=2)
         if isinstance(kernels, str):
             kernels = Kernels(**parse_kernels(kernels, "kernels"), how="given")
+        if not self.spec.tunable_kernels:
+            if kernels is not None and kernels != Kernels():
+                raise ConfigError(f"kernels={kernels}: {self.spec.label} runs torch's own kernels only")
+            kernels = Kernels(how=f"{self.spec.label}: torch's own")
         self.kernels = kernels or choose_kernels(self.device, DTYPES[dtype])
         check_kernels(self.kernels, self.device, DTYPES[dtype])
         self.batch_size = int(batch_size)
@@ -220,15 +226,15 @@ class Extractor:
         # The source is resolved (and a missing file refused) now; its tensors are read now, or
         # with lazy=True at the first forward pass, so featx extract with nothing left to compute
         # never reads them (it knows the weights by the digest remembered for the file).
-        self._source = (weights, preprocess)
-        self._weights = load_weights(self.spec, weights, preprocess, progress=progress, tensors=False)
+        self._source = (self.spec.default_weights if weights is None else weights, preprocess)
+        self._weights = load_weights(self.spec, *self._source, progress=progress, tensors=False)
         self.preprocess = self._weights.preprocess
         self._model = None
         if not lazy:
             self.model  # noqa: B018  (loads the weights)
 
     @property
-    def model(self) -> DenseVGG:
+    def model(self) -> torch.nn.Module:
         """The net, its weights loaded on first use. Extractors of the same weights, device,
         compute type and kernels share one net in a process (the last two loaded are kept):
         the clones of a grid search, featx predict and its caches' update read the weights once."""
@@ -239,7 +245,7 @@ class Extractor:
                 self._model, self._weights = _NETS[key]
                 return self._model
             loaded = load_weights(self.spec, *self._source, progress=self.progress)
-            self._model = self._build(loaded, with_fc8=False)
+            self._model = self._build(loaded)
             # The tensors now live in the model; keep only the provenance.
             self._weights = dataclasses.replace(loaded, state_dict={})
             if key is not None:
@@ -260,18 +266,15 @@ class Extractor:
     def loaded(self) -> bool:
         return self._model is not None
 
-    def _build(self, loaded, with_fc8):
-        with torch.device("meta"):  # no random initialisation of 140M parameters: all are loaded
-            model = DenseVGG(self.spec, with_fc8=with_fc8)
-        model = model.to_empty(device="cpu")
-        model.load_torchvision_state_dict(loaded.state_dict, origin=str(loaded.path or loaded.source))
+    def _build(self, loaded):
+        model = self.spec.build(loaded.state_dict, str(loaded.path or loaded.source))
         model = model.eval().requires_grad_(False).to(
             self.device, DTYPES[self.dtype], memory_format=torch.channels_last)
         return model.use_kernels(self.kernels)
 
     @property
     def dim(self) -> int:
-        return self.spec.fc_dim
+        return self.spec.dim
 
     def provenance(self) -> dict:
         """What determines the descriptors' values (stored with every cache)."""
@@ -336,7 +339,7 @@ class Extractor:
         pool = ThreadPoolExecutor(self.workers, thread_name_prefix="featx-load")
         plan = self.plan(sizes, scales, skip)
         try:
-            with WorkBar(self.spec, plan, sizes, self.flip, f"Net-{self.spec.name}", self.progress) as bar:
+            with WorkBar(self.spec, plan, sizes, self.flip, self.spec.label, self.progress) as bar:
                 for q, batches in plan:
                     for batch in self.run_passes(pool, images, q, batches):
                         bar.update(batch)
@@ -386,7 +389,7 @@ class Extractor:
 
     @torch.inference_mode()
     def forward(self, pixels: np.ndarray) -> np.ndarray:
-        """(B, H, W, 3) uint8 RGB of one shape -> (B, dim) flip-averaged fc7 descriptors."""
+        """(B, H, W, 3) uint8 RGB of one shape -> (B, dim) flip-averaged descriptors."""
         x = torch.from_numpy(pixels)
         if self.device.type == "cuda":
             x = x.pin_memory().to(self.device, non_blocking=True)

@@ -25,6 +25,7 @@ import numpy as np
 
 from .errors import ConfigError, ImageError
 from .images import Crop, name_of, read_size
+from .specs import label_of
 
 DIGEST = "sha256"
 NO_FILE = (-1, -1, -1)  # the signature of a file that was not there
@@ -250,7 +251,7 @@ def check_current(cache, items, ids, rows, hint: str, log=print) -> None:
         return
     stale = stale_rows(items, ids, cache.record(), rows)
     if len(stale):
-        raise CacheError(f"{cache.path}: {len(stale)} image(s) changed or gone since their Net-{cache.attrs.get('net')} "
+        raise CacheError(f"{cache.path}: {len(stale)} image(s) changed or gone since their {label_of(cache.attrs.get('net'))} "
                          f"descriptors were computed (first: {ids[stale[0]]}); compute them again with:\n  {hint}")
 
 

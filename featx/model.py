@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
+from .specs import default_weights, is_net, label_of
 
 FORMAT = "featx-model"
 FORMAT_VERSION = 2  # 2 (featx 0.7): weights by source and digest, the final fit; 1 is read too
@@ -52,7 +53,7 @@ def model_record(result, trained_on: str) -> dict:
     weights = {}
     for net, m in made.items():
         file = str(m.get("weights_file") or "")
-        weights[net] = {"source": m.get("weights") or "torchvision", "file": Path(file).name if file else None,
+        weights[net] = {"source": m.get("weights") or default_weights(net), "file": Path(file).name if file else None,
                         "digest": m.get("weights_digest") or None}
     final = result.final
     return {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]), "aggregate": cfg["aggregate"],
@@ -138,7 +139,7 @@ def read_model_record(path) -> ModelRecord:
     ConfigError naming the file and the field."""
     from .aggregate import AGGREGATIONS
     from .paths import COMPUTE_TYPES
-    from .specs import NETS, get_spec
+    from .specs import NET_CHOICES, get_spec
     from .weights import PREPROCESS
     json_path, _ = model_paths(path)
     if not json_path.is_file():
@@ -175,8 +176,8 @@ def read_model_record(path) -> ModelRecord:
 
     d = get(meta, "descriptor", dict)
     nets = get(d, "nets", list, "descriptor.")
-    if not nets or len(set(map(str, nets))) != len(nets) or not all(n in NETS for n in nets):
-        raise bad("descriptor.nets", f"must name distinct nets of {', '.join(NETS)}, got {nets!r}")
+    if not nets or len(set(map(str, nets))) != len(nets) or not all(is_net(n) for n in nets):
+        raise bad("descriptor.nets", f"must name distinct nets ({NET_CHOICES}), got {nets!r}")
     scales = get(d, "scales", list, "descriptor.")
     smallest = max(get_spec(n).min_side for n in nets)
     if not scales or len(set(scales)) != len(scales) or not all(
@@ -225,7 +226,7 @@ def read_model_record(path) -> ModelRecord:
         raise bad("classifier.C", f"must be a positive number, got {C!r}")
     n_features = get(c, "n_features", int, "classifier.")
     views = 2 if setting == "image+box" else 1
-    want = views * sum(get_spec(n).fc_dim * (len(scales) if aggregate == "stack" else 1) for n in nets)
+    want = views * sum(get_spec(n).dim * (len(scales) if aggregate == "stack" else 1) for n in nets)
     if n_features != want:
         raise bad("classifier.n_features", f"is {n_features}, but the descriptor has {want} features")
     arrays_sha256 = None if version == 1 else get(meta, "arrays_sha256", str)
@@ -297,7 +298,7 @@ def weights_for(record: ModelRecord, local: dict | None = None) -> dict:
             if found is None:
                 known = describe_weights(digest)
                 raise ConfigError(
-                    f"this model's Net-{net} weights came from a file ({w.file or 'unnamed'}, tensors "
+                    f"this model's {label_of(net)} weights came from a file ({w.file or 'unnamed'}, tensors "
                     f"{str(digest)[8:20]}...{f': {known}' if known else ''}) that featx has not seen on this "
                     f"machine; point at a copy: featx predict MODEL --weights {net}=FILE "
                     f"(in Python: load_model(MODEL, weights={{{net!r}: FILE}}))")
@@ -342,7 +343,7 @@ class SavedModel:
         for net, want in self.record.digests.items():
             got = self.descriptor.extractor(net).weights.digest
             if want and got != want:
-                raise ConfigError(f"the Net-{net} weights found now ({self.descriptor.weights_of(net)}) are not the "
+                raise ConfigError(f"the {label_of(net)} weights found now ({self.descriptor.weights_of(net)}) are not the "
                                   "ones this classifier was trained on (their tensors differ); give the same weights")
 
 
@@ -461,7 +462,7 @@ def scores_of_image_set(model: SavedModel, images, cache_dir=None, root=None, de
     caches = {net: DescriptorCache(p) for net, p in path_for.items()}
     for net, want in r.digests.items():
         if want and caches[net].attrs.get("weights_digest") != want:
-            raise ConfigError(f"{path_for[net]} was computed with other Net-{net} weights than this "
+            raise ConfigError(f"{path_for[net]} was computed with other {label_of(net)} weights than this "
                               "classifier was trained on (their tensors differ)")
     rows, ok, failed = usable_rows(caches, images.ids, scales)
     if not ok.any():

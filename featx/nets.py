@@ -131,6 +131,15 @@ class DenseVGG(nn.Module):
                     layer.bias.copy_(state[f"classifier.{i}.bias"])
 
 
+def build_dense_vgg(spec: NetSpec, state: dict, origin: str) -> DenseVGG:
+    """NetSpec.build: a DenseVGG on CPU holding `state` (torchvision layout, shapes checked)."""
+    with torch.device("meta"):  # no random initialisation of 140M parameters: all are loaded
+        model = DenseVGG(spec)
+    model = model.to_empty(device="cpu")
+    model.load_torchvision_state_dict(state, origin=origin)
+    return model
+
+
 def reference_dense_net(spec: NetSpec, state: dict) -> nn.Sequential:
     """The dense net exactly as the paper describes it: torchvision's conv stack, fc6 a 7x7
     nn.Conv2d, fc7 a 1x1, NCHW. DenseVGG's kernels are tested against it; bench/extract.py

@@ -24,7 +24,7 @@ from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
 from .experiment import DEFAULT_C_GRID, Config, check_c_grid
-from .specs import NETS, check_scales
+from .specs import NET_CHOICES, check_scales, default_weights, get_spec, is_net
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")
@@ -54,7 +54,7 @@ class Pipeline:
 
     def config(self, solver: str = "torch", device: str = "cpu", dtype: str = "float32") -> Config:
         return Config(dataset=self.dataset, nets=self.nets, scales=self.scales, aggregate=self.aggregate,
-                      weights={n: self.weights.get(n, "torchvision") for n in self.nets},
+                      weights={n: self.weights.get(n) or default_weights(n) for n in self.nets},
                       setting=self.setting, solver=solver, c_grid=self.c_grid, device=device, dtype=dtype)
 
 
@@ -91,14 +91,14 @@ def load_pipeline(path) -> Pipeline:
     if raw["dataset"] not in DATASETS:
         raise bad("dataset", f"must be one of {', '.join(DATASETS)}, got {raw['dataset']!r}")
     nets = raw["nets"]
-    if not (isinstance(nets, list) and nets and all(n in NETS for n in nets) and len(set(nets)) == len(nets)):
-        raise bad("nets", f"must be a list of distinct nets from {', '.join(NETS)}, got {nets!r}")
+    if not (isinstance(nets, list) and nets and all(is_net(n) for n in nets) and len(set(nets)) == len(nets)):
+        raise bad("nets", f"must be a list of distinct nets ({NET_CHOICES}), got {nets!r}")
     scales = raw["scales"]
     if not isinstance(scales, list):
         raise bad("scales", f"must be a list of integers, got {scales!r}")
     try:
         for n in nets:
-            check_scales(scales, NETS[n])
+            check_scales(scales, get_spec(n))
     except ConfigError as e:
         raise bad("scales", f"is not valid: {e}") from None
     if raw["aggregate"] not in AGGREGATIONS:
@@ -165,7 +165,7 @@ def matching_pipeline(cfg: Config, pipelines: list[Pipeline]) -> Pipeline | None
 
     def key(dataset, nets, scales, aggregate, setting, weights):
         return (dataset, tuple(sorted(nets)), tuple(sorted(scales)), aggregate, setting,
-                tuple(sorted((n, weights_tag(weights.get(n, "torchvision"))) for n in nets)))
+                tuple(sorted((n, weights_tag(weights.get(n) or default_weights(n))) for n in nets)))
 
     want = key(cfg.dataset, cfg.nets, cfg.scales, cfg.aggregate, cfg.setting, cfg.weights)
     for p in pipelines:

@@ -12,6 +12,7 @@ import numpy as np
 from .datasets import DATASETS
 from .pipeline import Pipeline
 from .results import Result, read_result
+from .specs import default_weights, label_of
 
 BENCH_FIGURES = "bench"  # RESULTS_DIR/bench: benchmark figures per machine, not protocol runs
 
@@ -29,7 +30,7 @@ def weights_notes(result: Result) -> list[str]:
     for net, made in (result.descriptors or {}).items():
         what = describe_weights(made.get("weights_digest")) or describe_weights(made.get("weights_sha256"))
         if what:
-            notes.append(f"Net-{net}: {made.get('weights')} weights = {what}")
+            notes.append(f"{label_of(net)}: {made.get('weights')} weights = {what}")
     return notes
 
 
@@ -74,7 +75,7 @@ def _paper_cell(paper) -> str:
 def _config_cell(p: Pipeline, result: Result | None) -> str:
     scales = p.scales
     qs = f"{scales[0]}..{scales[-1]} ({len(scales)})" if len(scales) > 3 else ",".join(map(str, scales))
-    weights = ",".join(sorted(set(p.weights.values()))) or "torchvision"
+    weights = ",".join(sorted({p.weights.get(n) or default_weights(n) for n in p.nets}))
     cell = f"{'&'.join(p.nets)} {weights}; Q {qs} {p.aggregate}"
     if p.setting != "image":
         cell += f"; {p.setting}"

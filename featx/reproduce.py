@@ -13,6 +13,7 @@ from .experiment import run
 from .results import load_result, write_result
 from .paths import cache_path
 from .pipeline import Pipeline
+from .specs import default_weights, label_of
 from .update import update_caches
 
 # VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
@@ -39,7 +40,7 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
     jobs: dict[tuple, Job] = {}
     for p in pipelines:
         for net in p.nets:
-            w = p.weights.get(net, "torchvision")
+            w = p.weights.get(net) or default_weights(net)
             job = jobs.setdefault((p.dataset, net, w), Job(p.dataset, net, w, ()))
             job.scales = tuple(sorted(set(job.scales) | set(p.scales)))
             job.views = tuple(dict.fromkeys(job.views + p.config().views))
@@ -124,7 +125,7 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
     for job in jobs_of(runnable):
         data = datasets[job.dataset]
         path = cache_path(data, job.net, job.weights, dtype, cache_dir)
-        log(f"{job.dataset}: Net-{job.net} ({job.weights}) at Q = {', '.join(map(str, job.scales))} "
+        log(f"{job.dataset}: {label_of(job.net)} ({job.weights}) at Q = {', '.join(map(str, job.scales))} "
             f"for {', '.join(job.pipelines)} -> {path}")
         summary, = update_caches([job.net], data.items, data.ids, data.name, lambda net: path,
                                  {job.net: local_weights(job, weight_files or {})}, rows=job.rows(data),

@@ -22,10 +22,12 @@ from .specs import DEFAULT_SCALES
 class VGGDescriptor(TransformerMixin, BaseEstimator):
     """Multi-scale, multi-net VGG image descriptor (docs/protocol.md, sections 2-3).
 
-    nets: ("D",), ("E",) or ("D", "E") (late fusion: concatenated).
+    nets: ("D",), ("E",) or ("D", "E") (late fusion: concatenated); "timm:MODEL" names a timm
+        model (pip install 'featx[timm]'), e.g. ("E", "timm:resnet50").
     scales: short sides Q. aggregate: "mean" (4096-D), "stack" (4096 x n_scales), "max".
     weights / preprocess: as for `Extractor`; either one value for every net or a dict
-        {"D": ..., "E": ...}.
+        {"D": ..., "E": ...}. weights=None: each net's default source (torchvision for VGG,
+        timm for timm models).
     cache: None, or where descriptors of image files are kept between calls and processes: a
         folder (one <net>-<weights>.h5 per net, as featx extract --out FOLDER writes) or a
         .h5 file (one net). Images given as arrays, bytes or tensors are computed each time.
@@ -34,7 +36,7 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, nets=("D",), scales=DEFAULT_SCALES, aggregate="mean", flip=True,
-                 weights="torchvision", preprocess=None, device="auto", dtype="float32",
+                 weights=None, preprocess=None, device="auto", dtype="float32",
                  batch_size=8, workers=None, progress=False, cache=None):
         self.nets = nets
         self.scales = scales

@@ -23,7 +23,7 @@ from .errors import CacheError, ConfigError, ImageError
 from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of,
                        file_of, survey)
 from .images import target_size
-from .specs import DEFAULT_SCALES
+from .specs import DEFAULT_SCALES, label_of
 
 
 @dataclass
@@ -201,11 +201,11 @@ def provenance(spec, weights, flip: bool) -> dict:
     from .images import INTERPOLATION
     p = weights.preprocess
     return {
-        "net": spec.name, "arch": spec.arch, "dim": spec.fc_dim,
+        "net": spec.name, "arch": spec.arch, "dim": spec.dim,
         "weights": weights.source, "weights_file": str(weights.path or ""),
         "preprocess": p.name, "channel_order": p.channel_order,
         "mean": list(p.mean), "std": list(p.std), "value_range": p.value_range,
-        "flip": flip, "interpolation": INTERPOLATION, "pooling": "average of post-ReLU fc7 map",
+        "flip": flip, "interpolation": INTERPOLATION, "pooling": spec.pooling,
     }
 
 
@@ -230,7 +230,7 @@ class Planned:
         from .weights import load_weights
         self.spec = get_spec(net)
         self.scales = check_scales(scales, self.spec)
-        self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.fc_dim
+        self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.dim
         self.workers = decode_threads(workers)
         self._weights = load_weights(self.spec, weights, preprocess, tensors=False)
         self._build, self._engine = build, None
@@ -463,7 +463,7 @@ def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], 
                         progress=progress, **extractor_options)
             if progress:
                 known = f" [{ex.weights.known_as}]" if ex.weights.known_as else ""
-                log(f"Net-{net} ({ex.weights.source} weights{known}, {ex.preprocess.name} preprocessing) "
+                log(f"{label_of(net)} ({ex.weights.source} weights{known}, {ex.preprocess.name} preprocessing) "
                     f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}")
             return ex
 

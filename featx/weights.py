@@ -33,7 +33,7 @@ from .errors import WeightsError
 if TYPE_CHECKING:  # torch loads only when weights do: `featx info` and `--help` stay light
     import torch
 
-    from .specs import NetSpec
+    from .specs import Backbone, NetSpec
 
 
 @dataclass(frozen=True)
@@ -179,9 +179,10 @@ def hub_path(url: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None = None,
+def load_weights(spec: "Backbone", weights=None, preprocess: str | None = None,
                  progress: bool = True, tensors: bool = True) -> Weights:
-    """Resolve a weight source for `spec` into a state_dict and its preprocessing.
+    """Resolve a weight source for `spec` (None: the backbone's default) into a state_dict and
+    its preprocessing.
 
     tensors=False resolves the source only: a Weights without tensors whose digest is the one
     featx remembers for the file (see `remembered_digest`), or "" where it knows none; nothing
@@ -194,7 +195,9 @@ def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None 
             raise WeightsError(f"these weights come with {weights.preprocess.name} preprocessing, "
                                f"not {preprocess!r}")
         return weights
-    source, path, fixed, read = _resolve(spec, weights, chosen, preprocess, progress)
+    if weights is None:
+        weights = spec.default_weights
+    source, path, fixed, read = spec.resolve_weights(weights, chosen, preprocess, progress)
     if not tensors:
         known = path if path is not None and path.is_file() else None
         return Weights({}, fixed, source, path, digest=(remembered_digest(known, spec.arch) if known else None) or "")
@@ -206,9 +209,19 @@ def load_weights(spec: "NetSpec", weights="torchvision", preprocess: str | None 
     return loaded
 
 
-def _resolve(spec, weights, chosen, preprocess, progress):
-    """(source, file or None, preprocessing, a function reading the state_dict) of a weight
-    source; the file of a named source is torch's hub copy, fetched by the reader if absent."""
+def random_source(spec: "Backbone", weights, seed_text: str, preprocess: Preprocess):
+    """The resolved source "random[:SEED]": the backbone's seeded random weights."""
+    try:
+        seed = int(seed_text or 0)
+    except ValueError:
+        raise WeightsError(f"weights {weights!r}: write random or random:SEED with an integer SEED") from None
+    return f"random:{seed}", None, preprocess, lambda: spec.random_state_dict(seed)
+
+
+def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
+    """NetSpec.resolve_weights: (source, file or None, preprocessing, a function reading the
+    state_dict) of a weight source; the file of a named source is torch's hub copy, fetched by
+    the reader if absent."""
     source, _, local = str(weights).partition(":") if isinstance(weights, (str, Path)) else ("", "", "")
     if source in ("torchvision", "caffe"):
         fixed = PREPROCESS[source]
@@ -228,12 +241,7 @@ def _resolve(spec, weights, chosen, preprocess, progress):
         return source, hub_path(urls[spec.arch]), fixed, lambda: _load_pth(
             _fetch(urls[spec.arch], check_hash=source == "torchvision", progress=progress))
     if source == "random":
-        try:
-            seed = int(local or 0)
-        except ValueError:
-            raise WeightsError(f"weights {weights!r}: write random or random:SEED with an integer SEED") from None
-        from .nets import random_state_dict
-        return f"random:{seed}", None, chosen or TORCHVISION, lambda: random_state_dict(spec, seed)
+        return random_source(spec, weights, local, chosen or TORCHVISION)
     path = Path(weights).expanduser()
     if not path.is_file():
         raise WeightsError(f"weights file {path} does not exist (weights are 'torchvision', 'caffe', "

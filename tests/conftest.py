@@ -1,5 +1,11 @@
 import os
+import tempfile
 from pathlib import Path
+
+# No test touches the network: timm's pretrained weights are asked of the Hugging Face cache
+# only, an empty one (read when huggingface_hub is imported, so set before any test imports it).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="featx-test-hf-")
 
 import numpy as np
 import pytest

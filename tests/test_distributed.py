@@ -141,6 +141,18 @@ def test_ray_engine_resumes_a_file_the_local_engine_started(ray_local, image_set
                                   _contents(tmp_path / "all-local.h5")[0])
 
 
+def test_the_ray_engine_runs_a_timm_backbone_as_the_local_one(ray_local, image_set, tmp_path):
+    pytest.importorskip("timm")
+    args = ["--images", str(image_set), "--net", "timm:resnet18", "--weights", "random:2"]  # Q = 224, 256
+    with threads(1):  # each actor runs on one core
+        _extract(args + ["--out", str(tmp_path / "local.h5")])
+    out = _extract(args + ["--out", str(tmp_path / "ray.h5"), "--engine", "ray", "--num-workers", "1"])
+    assert "computed 28, reused 0, failed 4" in out, out
+    (ray_d, ray_status, _), (local_d, local_status, _) = (_contents(tmp_path / f) for f in ("ray.h5", "local.h5"))
+    assert ray_d.shape == (14, 2, 512)
+    np.testing.assert_allclose(ray_d, local_d, rtol=1e-5, atol=1e-6)
+
+
 def test_a_failing_worker_is_one_clear_error_and_loses_nothing(ray_local, image_set, tmp_path):
     from featx.update import extract_to_cache
     from featx.distributed import RayExtractor
