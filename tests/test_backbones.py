@@ -20,7 +20,7 @@ from featx.errors import ConfigError, WeightsError  # noqa: E402
 from featx.images import load_resized  # noqa: E402
 from featx.nets import NETS, random_state_dict  # noqa: E402
 from featx.specs import check_scales, get_spec, is_net  # noqa: E402
-from featx.timm_net import TimmSpec, pooled_features  # noqa: E402
+from featx.timm_net import TimmSpec  # noqa: E402
 from featx.weights import TORCHVISION, Weights  # noqa: E402
 
 from conftest import make_image  # noqa: E402
