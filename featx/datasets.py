@@ -504,7 +504,7 @@ class DatasetSpec:
 
     name: str
     load: Callable[[Path], Dataset]
-    metric: str  # "map" (VOC) or "mcr" (Caltech: mean class recall)
+    metric: str  # a key of featx.metrics.METRICS: "map" (VOC) or "mcr" (Caltech: mean class recall)
     images: int | None  # images in the official archives (None: not a fixed count)
     archives: tuple  # ((url, md5), ...)
     folder: str = ""  # under the data root [name]

@@ -22,8 +22,8 @@ from .cache import DescriptorCache
 from .classifiers import OneVsRestSVM
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
-from .metrics import class_recalls, nanmean, per_class_ap
-from .results import HEADLINE_SCORE, FinalModel, Result, SplitRun
+from .metrics import metric_of, nanmean
+from .results import FinalModel, Result, SplitRun
 from .specs import DEFAULT_SCALES, NETS, default_weights, get_spec, label_of
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
@@ -161,17 +161,11 @@ def _subset(X_all: np.ndarray, all_rows: np.ndarray, rows: np.ndarray) -> np.nda
 
 
 def _score(task, model, X, y, n_classes):
-    if task == "multilabel":
-        return per_class_ap(model.decision_function(X), y)
-    return {"recall": class_recalls(y, model.predict(X), n_classes)}
-
-
-def _metric(task) -> str:
-    return "mAP (VOC-2007 11-point AP)" if task == "multilabel" else "mean class recall"
+    return metric_of(task).score(model, X, y, n_classes)
 
 
 def _headline(task, scores):
-    return nanmean(scores[HEADLINE_SCORE[_metric(task)]])
+    return nanmean(scores[metric_of(task).headline])
 
 
 def _warn_untrained(data: Dataset, fit_on, evaluated, where: str, log) -> None:
@@ -190,7 +184,7 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     for c in cfg.c_grid:
         model = OneVsRestSVM(C=c, solver=cfg.solver, device=cfg.device).fit(Xtr, ytr)
         results[c] = _headline(task, _score(task, model, Xva, yva, n_classes))
-        log(f"  C={c:<6g} validation {'mAP' if task == 'multilabel' else 'MCR'} {100 * results[c]:.2f}")
+        log(f"  C={c:<6g} validation {metric_of(task).short} {100 * results[c]:.2f}")
     best = max(results, key=lambda c: (results[c], -c))  # ties: the smaller C
     return best, results
 
@@ -265,7 +259,7 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
     headline = [100 * _headline(data.task, r.scores) for r in runs]
     return Result(final=final,
         dataset=data.name, config=asdict(cfg), runs=runs,
-        metric=_metric(data.task),
+        metric=metric_of(data.task).name,
         headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,
         classes=list(data.classes),
         descriptors={net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},

@@ -1,5 +1,10 @@
-"""Benchmark metrics: VOC average precision (11-point and area) and mean class recall."""
+"""Benchmark metrics: VOC average precision (11-point and area) and mean class recall, and
+`METRICS`, the one record of each metric's names, what it scores and how (pipeline files,
+datasets, the protocol, results and the report all read it)."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -64,3 +69,44 @@ def class_recalls(y_true, y_pred, n_classes: int) -> np.ndarray:
 def mean_class_recall(y_true, y_pred, n_classes: int) -> float:
     """Mean over classes of per-class accuracy (the Caltech metric), classes with test images."""
     return nanmean(class_recalls(y_true, y_pred, n_classes))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One benchmark metric, in every vocabulary featx speaks it."""
+
+    key: str  # in pipeline files and DatasetSpec: "map"
+    name: str  # in results, reports and featx svm's lines: "mAP (VOC-2007 11-point AP)"
+    label: str  # in report tables and figures: "mAP", "mean class recall"
+    short: str  # one word: "mAP", "MCR" (the C search's log)
+    per_class: str  # what each class gets, in the report: "AP", "recall"
+    axis: str  # the per-class figure's axis: "AP (11-point), %"
+    task: str  # the labels it scores: "multilabel" (n, C) in {1, 0, -1} or "multiclass" (n,)
+    headline: str  # the per-class score whose mean over classes is the headline: "ap11"
+    paper_shape: str  # how the paper reports it in pipeline files: "number" or "mean_std"
+    score: Callable  # (classifier, X, y, n_classes) -> {score name: (C,) per-class array}
+
+
+def _ap_scores(model, X, y, n_classes):
+    return per_class_ap(model.decision_function(X), y)
+
+
+def _recall_scores(model, X, y, n_classes):
+    return {"recall": class_recalls(y, model.predict(X), n_classes)}
+
+
+METRICS = {m.key: m for m in (
+    Metric("map", "mAP (VOC-2007 11-point AP)", "mAP", "mAP", "AP", "AP (11-point), %", "multilabel", "ap11",
+           "number", _ap_scores),
+    Metric("mcr", "mean class recall", "mean class recall", "MCR", "recall", "recall, %", "multiclass", "recall",
+           "mean_std", _recall_scores),
+)}
+
+
+def metric_of(task: str | None = None, *, name: str | None = None) -> Metric:
+    """The metric that scores a dataset's task ("multilabel", "multiclass"), or the one a result
+    names (Result.metric)."""
+    for m in METRICS.values():
+        if (task is not None and m.task == task) or (name is not None and m.name == name):
+            return m
+    raise ValueError(f"no featx metric for task={task!r} name={name!r}")

@@ -24,11 +24,11 @@ from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
 from .experiment import DEFAULT_C_GRID, Config, check_c_grid
+from .metrics import METRICS
 from .specs import NET_CHOICES, check_scales, default_weights, get_spec, is_net
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")
-METRICS = {"map": "mAP", "mcr": "mean class recall"}
 FIELDS = {"table", "row", "dataset", "nets", "weights", "scales", "aggregate", "setting", "c_grid",
           "metric", "paper", "note", "baseline"}
 REQUIRED = ("table", "row", "dataset", "nets", "scales", "aggregate", "metric")
@@ -123,10 +123,11 @@ def load_pipeline(path) -> Pipeline:
     if paper is not None:
         def number(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool)
-        ok = (number(paper) if expected == "map"
+        ok = (number(paper) if METRICS[expected].paper_shape == "number"
               else isinstance(paper, list) and len(paper) == 2 and all(number(p) for p in paper))
         if not ok:
-            raise bad("paper", "must be a number (mAP) or, for Caltech, [mean, std]")
+            raise bad("paper", f"for {raw['dataset']} ({METRICS[expected].label}) must be "
+                      + ("a number" if METRICS[expected].paper_shape == "number" else "[mean, std]"))
         paper = tuple(paper) if isinstance(paper, list) else float(paper)
     return Pipeline(name=path.stem, path=path, table=raw["table"], row=raw["row"], dataset=raw["dataset"],
                     nets=tuple(nets), scales=tuple(scales), aggregate=raw["aggregate"], metric=raw["metric"],

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .datasets import DATASETS
+from .metrics import METRICS, Metric
 from .pipeline import Pipeline
 from .results import Result, read_result
 from .specs import default_weights, label_of
@@ -110,20 +111,20 @@ def table_markdown(pipelines: list[Pipeline], results: dict) -> list[str]:
     return lines
 
 
-def per_class_figure(csv_path: Path, out: Path, title: str) -> Path:
+def per_class_figure(csv_path: Path, out: Path, title: str, metric: Metric) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import pandas as pd
 
     table = pd.read_csv(csv_path).drop(columns="split").groupby("class", sort=False).mean()
-    key = "ap11" if "ap11" in table.columns else table.columns[0]
+    key = metric.headline
     values = 100 * table[key].to_numpy()
     fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(values)), 3.6), layout="constrained")
     ax.bar(range(len(values)), values, color="#4C72B0")
     ax.axhline(np.nanmean(values), color="k", lw=1, ls="--", label=f"mean {np.nanmean(values):.1f}")
     ax.set_xticks(range(len(values)), table.index, rotation=60, ha="right", fontsize=8)
-    ax.set_ylabel({"ap11": "AP (11-point), %", "recall": "recall, %"}.get(key, key))
+    ax.set_ylabel(metric.axis)
     ax.set_ylim(0, 100)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
@@ -142,7 +143,7 @@ def _save(fig, out: Path) -> None:
         plt.close(fig)
 
 
-def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], out: Path) -> Path:
+def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], out: Path, metric: Metric) -> Path:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -157,7 +158,7 @@ def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], o
     lo = min(values) - 5
     ax.set_ylim(max(0, lo), min(100, max(values) + 3))
     ax.set_xticks(x, [b[0] for b in bars], rotation=20, ha="right", fontsize=8)
-    ax.set_ylabel("mAP, %" if dataset.startswith("voc") else "mean class recall, %")
+    ax.set_ylabel(f"{metric.label}, %")
     ax.set_title(f"{dataset} (green: the Table 11 setting)", fontsize=10)
     _save(fig, out)
     return out
@@ -217,10 +218,10 @@ def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Pat
             if why:
                 lines += [why, ""]
             if r is not None:
-                what = "AP" if p.metric == "map" else "recall"
+                what = r.scored_by.per_class
                 png = per_class_figure(r.path.with_suffix(".csv"), figures / f"{p.name}-per-class.png",
                                        f"{p.name}: {p.row}, per-class {what} ({r.evaluated_on}"
-                                       + (", mean over splits)" if len(r.runs) > 1 else ")"))
+                                       + (", mean over splits)" if len(r.runs) > 1 else ")"), r.scored_by)
                 lines += [f"![{p.name} per-class {what}](figures/{png.name})", ""]
         if table == "ablation":
             groups = sorted({(p.dataset, p.baseline) for p in ps if p.baseline})
@@ -230,7 +231,8 @@ def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Pat
                     continue
                 bars = [(base, results[base].headline, results[base].headline_std)] if base in results else []
                 bars += [(p.row, results[p.name].headline, results[p.name].headline_std) for p in members]
-                png = ablation_figure(f"{dataset} vs {base}", bars, figures / f"ablation-{base}.png")
+                png = ablation_figure(f"{dataset} vs {base}", bars, figures / f"ablation-{base}.png",
+                                      METRICS[DATASETS[dataset].metric])
                 lines += [f"![{dataset} ablations against {base}](figures/{png.name})", ""]
     known = {(p.dataset, p.name) for p in pipelines}
     # result files: not model records, nor the benchmark figures of results/bench (bench/*.py)

@@ -16,12 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .errors import ConfigError
-from .metrics import nanmean
+from .metrics import Metric, metric_of, nanmean
 
 
-# What a headline averages, by the result's metric: the per-class score (SplitRun.mean's key).
-# One table for the experiment that computes the headline and the results that show its splits.
-HEADLINE_SCORE = {"mAP (VOC-2007 11-point AP)": "ap11", "mean class recall": "recall"}
 
 
 @dataclass
@@ -76,7 +73,7 @@ class Result:
 
     dataset: str
     config: dict  # the experiment.Config, as a dict
-    metric: str  # "mean class recall" or "mAP (VOC-2007 11-point AP)"
+    metric: str  # a featx.metrics.Metric's name: "mean class recall", "mAP (VOC-2007 11-point AP)"
     headline: float  # in percent
     headline_std: float | None
     classes: list
@@ -125,9 +122,13 @@ class Result:
         return "+".join(types) or "float32"
 
     @property
+    def scored_by(self) -> Metric:
+        return metric_of(name=self.metric)
+
+    @property
     def per_split(self) -> list:
         """Each split's figure in percent: what the headline's mean ± std is taken over."""
-        key = HEADLINE_SCORE[self.metric]
+        key = self.scored_by.headline  # the per-class score a headline averages
         return [100 * r.mean[key] for r in self.runs if key in r.mean]
 
     @property
@@ -143,6 +144,7 @@ class Result:
 
     @classmethod
     def from_json(cls, d: dict, path: Path | None = None) -> "Result":
+        metric_of(name=d["metric"])  # one this featx knows (else ValueError: not a result file)
         names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper", "final"}
         paper = d.get("paper")
         return cls(**{k: v for k, v in d.items() if k in names}, runs=[SplitRun.from_json(r) for r in d["runs"]],

@@ -40,3 +40,40 @@ def test_mean_class_recall():
 
 def test_no_positive_is_nan_not_zero():
     assert np.isnan(voc07_ap([1, 2], [-1, 0])) and np.isnan(area_ap([1, 2], [-1, -1]))
+
+
+class _Scorer:
+    """A stand-in classifier with fixed outputs (what Metric.score asks of an SVM)."""
+
+    def __init__(self, scores, predicted):
+        self.scores, self.predicted = np.asarray(scores, float), np.asarray(predicted)
+
+    def decision_function(self, X):
+        return self.scores
+
+    def predict(self, X):
+        return self.predicted
+
+
+def test_one_record_per_metric_read_by_datasets_pipelines_and_results(tmp_path):
+    from featx.datasets import DATASETS
+    from featx.errors import ConfigError
+    from featx.metrics import METRICS, metric_of
+    from featx.results import read_result
+    assert {s.metric for s in DATASETS.values()} <= set(METRICS)
+    for m in METRICS.values():
+        assert metric_of(m.task) is m and metric_of(name=m.name) is m
+    ap, mcr = METRICS["map"], METRICS["mcr"]
+    # the scores each computes, and the one a headline averages
+    got = ap.score(_Scorer([[3, 1], [2, 2], [1, 3]], None), None, np.array([[1, -1], [1, 1], [-1, 0]]), 2)
+    assert set(got) == {"ap11", "ap_area"} and ap.headline == "ap11"
+    np.testing.assert_allclose(got["ap11"], [1.0, 1.0])
+    got = mcr.score(_Scorer(None, [0, 1, 1, 2]), None, np.array([0, 1, 2, 2]), 3)
+    np.testing.assert_allclose(got["recall"], [1, 1, 0.5])
+    with pytest.raises(ValueError, match="no featx metric"):
+        metric_of(name="top-5 error")
+    # a result file naming a metric this featx does not know is not read as a result
+    bad = tmp_path / "r.json"
+    bad.write_text('{"metric": "top-5 error", "runs": []}')
+    with pytest.raises(ConfigError, match="r.json: not a featx result file"):
+        read_result(bad)

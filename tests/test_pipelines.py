@@ -70,7 +70,7 @@ metric = "map"
     (('scales = [224, 256]', 'scales = [224.5]'), r"bad.toml: scales is not valid: .*224.5 is not an integer Q"),
     (('c_grid = [0.1, 1]', 'c_grid = [inf]'), r"bad.toml: c_grid is not valid: .*C must be a finite positive number, not inf"),
     (('c_grid = [0.1, 1]', 'c_grid = [true]'), r"bad.toml: c_grid is not valid: .*not True"),
-    (('metric = "map"', 'metric = "map"\npaper = true'), r"bad.toml: paper must be a number"),
+    (('metric = "map"', 'metric = "map"\npaper = true'), r"bad.toml: paper for voc2007 \(mAP\) must be a number"),
     (('metric = "map"', 'metric = "mcr"'), r"bad.toml: metric for voc2007 is map, not mcr"),
     (('aggregate = "mean"', 'aggregate = "median"'), r"bad.toml: aggregate must be one of mean, stack, max"),
     (('c_grid = [0.1, 1]', 'c_grid = [0, 1]'), r"bad.toml: c_grid is not valid: .*C must be a finite positive number, not 0"),
