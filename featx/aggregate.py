@@ -5,7 +5,7 @@ from .errors import ConfigError
 
 import numpy as np
 
-AGGREGATIONS = ("mean", "stack", "max")
+from .options import AGGREGATIONS  # noqa: E402
 
 
 def aggregate(per_scale: np.ndarray, how: str = "mean") -> np.ndarray:

@@ -17,8 +17,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .errors import ConfigError
+from .options import SOLVERS
 
-SOLVERS = ("torch", "liblinear")
 
 
 def _targets(y):

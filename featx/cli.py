@@ -6,7 +6,8 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError, FeatxError
-from .paths import COMPUTE_TYPES
+from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_NET,
+                      ENGINES, PREPROCESS_NAMES, SETTINGS, SOLVERS)
 from .specs import NETS, label_of
 
 
@@ -123,14 +124,14 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--dataset", help="voc2007, voc2012, voc2012-action, caltech101, caltech256, folder:DIR or csv:FILE.")
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--split", help="Dataset splits to compute, comma-separated (default: all images).")
-@click.option("--net", "nets", default="D", show_default=True,
+@click.option("--net", "nets", default=DEFAULT_NET, show_default=True,
               help="D (VGG16), E (VGG19), D,E, or timm:MODEL (any timm model's pooled pre-logits "
                    "features, pip install 'featx[timm]'), e.g. E,timm:resnet50.")
 @click.option("--scales", default="256:512", show_default=True,
               help="Short sides Q: 256:768 = 256..768 step 128; 256:768:64; or 256,384,512.")
 @click.option("--weights", help="VGG: torchvision (default), caffe, a .pth / Keras .h5 file. timm:MODEL: timm "
                                 "(default), a .pth / .safetensors file, random. Per net: D=a.pth,E=b.h5.")
-@click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]),
+@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES),
               help="Input convention of a bare .pth file (named sources carry their own).")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Cache file (FILE.h5, one net) or folder (one <net>-<weights>.h5 per net).")
@@ -141,14 +142,14 @@ def command_of(ctx: click.Context) -> str:
               "with native bfloat16 (avx512_bf16 or AMX; its speed and accuracy: docs/speed.md), "
               "emulated and slower elsewhere (featx warns). float16: GPUs. "
               "Other types than float32 get their own cache file (<net>-<weights>-<dtype>.h5).")
-@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass (each also mirrored).")
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True, help="Images per forward pass (each also mirrored).")
 @click.option("--workers", type=click.IntRange(min=1), help="Threads decoding images ahead of the net [min(4, cores)].")
 @click.option("--no-flip", is_flag=True, help="Do not average with the mirrored image.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable image (default: record it, go on).")
 @click.option("--retry-failed", is_flag=True, help="Try every image that failed before again (by default "
               "only those whose file changed since, or whose failure may pass: not found, an I/O error).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="local", show_default=True,
               help="local: this process. ray: shards of the same work on a Ray cluster's workers, "
                    "written into the same cache (needs pip install 'featx[ray]').")
 @click.option("--address", help="[ray] Cluster to join: auto (the one this machine is in), "
@@ -330,7 +331,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
 @click.option("--dataset", help="The image set whose caches to export: voc2007, ..., folder:DIR or csv:FILE "
               "(adds labels and splits).")
 @click.option("--images", type=click.Path(path_type=Path), help="The folder or list of images whose caches to export.")
-@click.option("--net", "nets", default="D", show_default=True, help="[--dataset/--images] D, E, D,E or timm:MODEL.")
+@click.option("--net", "nets", default=DEFAULT_NET, show_default=True, help="[--dataset/--images] D, E, D,E or timm:MODEL.")
 @click.option("--weights", help="[--dataset/--images] Weight source the caches were computed with (as for extract).")
 @click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
               help="[--dataset/--images] The type the descriptors were computed in.")
@@ -338,7 +339,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
 @click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
 @click.option("--split", help="[--dataset] Export the images of these splits only, comma-separated [all].")
 @click.option("--scales", help="Scales to export (as for extract) [every scale the caches share].")
-@click.option("--aggregate", type=click.Choice(["none", "mean", "stack", "max"]), default="none", show_default=True,
+@click.option("--aggregate", type=click.Choice(["none", *AGGREGATIONS]), default="none", show_default=True,
               help="none: one column per net and scale, as cached. mean/stack/max: one column 'descriptor', "
               "scales aggregated, nets fused, L2-normalised (what featx svm trains on).")
 @click.option("--format", "fmt", type=click.Choice(["parquet", "npy"]), help="[from --out: .parquet, else npy]")
@@ -448,17 +449,17 @@ def datasets_download(name, root):
 
 @main.command()
 @click.argument("dataset")
-@click.option("--net", "nets", default="D", show_default=True, help="D, E, timm:MODEL, or several: D,E (late fusion).")
+@click.option("--net", "nets", default=DEFAULT_NET, show_default=True, help="D, E, timm:MODEL, or several: D,E (late fusion).")
 @click.option("--scales", default="256:512", show_default=True, help="Scales to use (as for extract).")
-@click.option("--aggregate", type=click.Choice(["mean", "stack", "max"]), default="mean", show_default=True,
+@click.option("--aggregate", type=click.Choice(AGGREGATIONS), default="mean", show_default=True,
               help="Across scales: mean (VOC's best), stack (Caltech's best) or max.")
 @click.option("--weights", help="Weight source the caches were computed with (as for extract).")
-@click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]), help="For --extract with a bare .pth.")
-@click.option("--setting", type=click.Choice(["image", "image+box"]), default="image", show_default=True,
+@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES), help="For --extract with a bare .pth.")
+@click.option("--setting", type=click.Choice(SETTINGS), default="image", show_default=True,
               help="voc2012-action: whole image only, or stacked with the person box.")
-@click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True,
+@click.option("--solver", type=click.Choice(SOLVERS), default="torch", show_default=True,
               help="torch: all classes at once (fast); liblinear: scikit-learn LinearSVC (reference).")
-@click.option("--c-grid", default=",".join(map(str, (0.01, 0.03, 0.1, 0.3, 1, 3, 10))), show_default=True,
+@click.option("--c-grid", default=",".join(f"{c:g}" for c in DEFAULT_C_GRID), show_default=True,
               help="Values of C tried on the validation data.")
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 @click.option("--cache-dir", help="Where the caches are [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
@@ -615,9 +616,9 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("featx-demo"), show_default=True,
               help="Where the images, the descriptor cache and the results go.")
-@click.option("--net", "nets", default="D", show_default=True, help="D, E, timm:MODEL or several: D,E.")
+@click.option("--net", "nets", default=DEFAULT_NET, show_default=True, help="D, E, timm:MODEL or several: D,E.")
 @click.option("--weights", help="torchvision (default: downloaded once, then cached) or a file, e.g. E=vgg19.pth.")
-@click.option("--preprocess", type=click.Choice(["caffe", "torchvision"]), help="Input convention of a bare .pth.")
+@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES), help="Input convention of a bare .pth.")
 @click.option("--per-class", default=50, show_default=True, help="Images per class (4..100).")
 @click.option("--scales", default="256", show_default=True, help="Short sides Q (as for extract).")
 @click.option("--device", default="auto", show_default=True)
@@ -664,8 +665,8 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
 @click.option("--dtype", type=click.Choice(COMPUTE_TYPES), default="float32", show_default=True,
               help="Compute type of the descriptors (as for extract); the paper's rows are float32, and "
               "a run in another type never replaces a float32 result.")
-@click.option("--batch-size", default=8, show_default=True)
-@click.option("--solver", type=click.Choice(["torch", "liblinear"]), default="torch", show_default=True)
+@click.option("--batch-size", default=DEFAULT_BATCH_SIZE, show_default=True)
+@click.option("--solver", type=click.Choice(SOLVERS), default="torch", show_default=True)
 @click.option("--gflops", type=float, help="Throughput for --dry-run's time estimate [each cache's own "
               "measured rate, else this CPU model's bench figures, else a one-second measurement].")
 @click.option("--local-weights", help="Read a net's weight source from a file you have instead of "

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import AGGREGATIONS, combine
+from .aggregate import combine
 from .errors import ConfigError
-from .specs import DEFAULT_SCALES, default_weights, get_spec
+from .options import AGGREGATIONS, DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .specs import default_weights, get_spec
 
 
 @dataclass
@@ -21,7 +22,7 @@ class Descriptor:
     """nets, scales, aggregate, flip, weights, preprocess, device, dtype, batch_size, workers,
     progress, cache: as for VGGDescriptor (weights and preprocess: one value, or {net: value})."""
 
-    nets: tuple = ("D",)
+    nets: tuple = (DEFAULT_NET,)
     scales: tuple = DEFAULT_SCALES
     aggregate: str = "mean"
     flip: bool = True
@@ -29,7 +30,7 @@ class Descriptor:
     preprocess: object = None
     device: str = "auto"
     dtype: str = "float32"
-    batch_size: int = 8
+    batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     progress: bool = False
     cache: object = None

@@ -33,7 +33,9 @@ import torch
 from .images import read_sizes
 from .errors import ConfigError, EngineError
 from .extract import Batch, Extractor, WorkBar
-from .specs import DEFAULT_SCALES, check_scales, get_spec
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .paths import ray_address
+from .specs import check_scales, get_spec
 from .weights import Weights, load_weights
 
 INSTALL_HINT = "pip install 'featx[ray]' (or pip install 'ray[data]')"
@@ -57,14 +59,15 @@ def connect(address: str | None = None):
     if ray.is_initialized():
         return ray
     options = dict(log_to_driver=False, logging_level=logging.ERROR)
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    local = ray_address(address) is None  # a new instance of our own, not a cluster
+    if local:
         options["include_dashboard"] = False
     try:
         ray.init(address=address, **options)
     except Exception as e:  # ConnectionError, a bad address, a cluster of another version...
-        where = address or os.environ.get("RAY_ADDRESS") or "a new local instance"
+        where = ray_address(address) or "a new local instance"
         raise ConfigError(f"cannot start or reach Ray at {where}: {type(e).__name__}: {e}") from None
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    if local:
         _shut_down_on_sigterm()
         _start_watchdog()
     return ray
@@ -187,8 +190,8 @@ class RayExtractor:
     as the local engine does; the nets that compute live on the workers.
     """
 
-    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights=None,
-                 preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
+    def __init__(self, net=DEFAULT_NET, scales=DEFAULT_SCALES, flip=True, weights=None,
+                 preprocess=None, device="auto", dtype="float32", batch_size=DEFAULT_BATCH_SIZE, workers=None,
                  progress=False, address=None, num_workers=None, gpus_per_worker=0.0,
                  cpus_per_worker=None, batches_per_shard=4):
         require_ray()
@@ -208,7 +211,7 @@ class RayExtractor:
         self._shipped = _shippable(loaded)
         self.plan_of = Extractor(spec, scales, flip, loaded, preprocess, "meta", dtype, batch_size,
                                  workers, progress)
-        self.device = f"ray ({address or os.environ.get('RAY_ADDRESS') or 'local'})"
+        self.device = f"ray ({ray_address(address) or 'local'})"
 
     # What extract_to_cache reads of an engine: the plan's, unchanged.
     spec = property(lambda self: self.plan_of.spec)
@@ -337,9 +340,9 @@ class ImageWorker:
         return message.removeprefix(f"image #{i}: ")
 
 
-def descriptors(dataset, net="D", scales=DEFAULT_SCALES, *, weights=None,
+def descriptors(dataset, net=DEFAULT_NET, scales=DEFAULT_SCALES, *, weights=None,
                 preprocess=None, column="image", flip=True, device="auto", dtype="float32",
-                batch_size=8, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
+                batch_size=DEFAULT_BATCH_SIZE, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
                 cpus_per_worker=None):
     """A Ray Dataset of images -> the same rows plus `descriptor` and `error` columns (lazy).
 

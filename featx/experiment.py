@@ -24,15 +24,15 @@ from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import metric_of, nanmean
 from .results import FinalModel, Result, SplitRun
-from .specs import DEFAULT_SCALES, NETS, default_weights, get_spec, label_of
+from .options import AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES, SETTINGS, SOLVERS
+from .specs import NETS, default_weights, get_spec, label_of
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
-DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 @dataclass
 class Config:
     dataset: str
-    nets: tuple = ("D",)
+    nets: tuple = (DEFAULT_NET,)
     scales: tuple = DEFAULT_SCALES
     aggregate: str = "mean"
     weights: dict = field(default_factory=dict)  # net -> weight source
@@ -61,12 +61,10 @@ class Config:
 
     def check(self, data: Dataset) -> "Config":
         """The one validator of a protocol configuration (CLI, pipeline files and Python)."""
-        from .aggregate import AGGREGATIONS
-        from .classifiers import SOLVERS
         if self.aggregate not in AGGREGATIONS:
             raise ConfigError(f"aggregate {self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
-        if self.setting not in ("image", "image+box"):
-            raise ConfigError(f"setting {self.setting!r}: choose image or image+box")
+        if self.setting not in SETTINGS:
+            raise ConfigError(f"setting {self.setting!r}: choose {' or '.join(SETTINGS)}")
         missing = [v for v in self.views if v not in data.views]
         if missing:
             raise ConfigError(f"setting {self.setting} needs {missing[0]} views of the samples, which "
@@ -77,7 +75,6 @@ class Config:
         from .specs import check_scales, get_spec
         for net in self.nets:
             self.scales = check_scales(self.scales, get_spec(net))
-        from .paths import COMPUTE_TYPES
         if self.dtype not in COMPUTE_TYPES:
             raise ConfigError(f"dtype {self.dtype!r}: choose one of {', '.join(COMPUTE_TYPES)}")
         if not self.nets or len(set(self.nets)) != len(self.nets):

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import AGGREGATIONS, combine
+from .aggregate import combine
+from .options import AGGREGATIONS
 from .cache import DescriptorCache, usable_rows
 from .errors import CacheError, ConfigError
 

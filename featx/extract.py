@@ -31,8 +31,8 @@ from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
 from .images import as_images, decode_threads, load_resized, name_of, read_size, target_size
 from .kernels import Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info, onednn_refusal, parse_kernels
-from .specs import DEFAULT_SCALES, check_scales, get_spec
-from .paths import COMPUTE_TYPES
+from .options import COMPUTE_TYPES, DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .specs import check_scales, get_spec
 from .weights import load_weights
 
 DTYPES = {name: getattr(torch, name) for name in COMPUTE_TYPES}
@@ -191,8 +191,8 @@ class Extractor:
     lazy: read the weights at the first forward pass rather than here.
     """
 
-    def __init__(self, net="D", scales=DEFAULT_SCALES, flip=True, weights=None,
-                 preprocess=None, device="auto", dtype="float32", batch_size=8, workers=None,
+    def __init__(self, net=DEFAULT_NET, scales=DEFAULT_SCALES, flip=True, weights=None,
+                 preprocess=None, device="auto", dtype="float32", batch_size=DEFAULT_BATCH_SIZE, workers=None,
                  progress=False, kernels=None, lazy=False):
         self.spec = get_spec(net)
         self.scales = check_scales(scales, self.spec)

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from . import paths
 from .errors import ImageError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -88,7 +89,7 @@ def decode_threads(workers=None) -> int:
 
 
 def max_pixels() -> int:
-    return int(os.environ.get("FEATX_MAX_PIXELS", Image.MAX_IMAGE_PIXELS))
+    return paths.max_pixels(Image.MAX_IMAGE_PIXELS)
 
 
 def target_size(size: tuple[int, int], q: int) -> tuple[int, int]:

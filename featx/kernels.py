@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
+from .paths import forced_kernels
 
 CONV_KERNELS = ("channels_last", "fused", "onednn")
 FC_KERNELS = ("gemm", "onednn")
@@ -88,11 +89,12 @@ def _choose(device_type: str, dtype) -> Kernels:
     import torch
     if device_type != "cpu":  # FEATX_KERNELS is about CPUs: GPUs run cuBLAS / cuDNN
         return Kernels(how=f"{device_type}: torch's own kernels")
-    forced = parse_kernels(os.environ["FEATX_KERNELS"]) if os.environ.get("FEATX_KERNELS") else {}
+    asked = forced_kernels()
+    forced = parse_kernels(asked) if asked else {}
     refusal = onednn_refusal(dtype)
     if refusal:
         if {"onednn", "fused"} & set(forced.values()):
-            raise ConfigError(f"FEATX_KERNELS={os.environ['FEATX_KERNELS']!r}: {refusal}")
+            raise ConfigError(f"FEATX_KERNELS={asked!r}: {refusal}")
         return Kernels(**forced, how="FEATX_KERNELS" if forced else f"default ({refusal})")
     rule = {"conv": "fused"}
     vendor = cpu_info().vendor  # x86 only ("" on ARM and elsewhere: MKL is not in play there)

@@ -137,8 +137,7 @@ def read_model_record(path) -> ModelRecord:
     """RUN.model.json as a ModelRecord; anything featx svm would not have written (a field
     missing or of the wrong type or value, a record changed since, an unknown format) is one
     ConfigError naming the file and the field."""
-    from .aggregate import AGGREGATIONS
-    from .paths import COMPUTE_TYPES
+    from .options import AGGREGATIONS, COMPUTE_TYPES
     from .specs import NET_CHOICES, get_spec
     from .weights import PREPROCESS
     json_path, _ = model_paths(path)

@@ -11,7 +11,10 @@
     weights       $TORCH_HOME/hub/checkpoints (torch's hub cache)
     user cache    $XDG_CACHE_HOME/featx, ~/.cache/featx   (what featx remembers between runs: each
                   weights file's tensor digest, so a process does not hash 575 MB to know it)
-    image budget  $FEATX_MAX_PIXELS
+    image budget  $FEATX_MAX_PIXELS (decoded pixels per image file, default Pillow's limit),
+                  $FEATX_MAX_RESCALED_PIXELS (pixels per rescaled image at one Q, default 12 million)
+    kernels       $FEATX_KERNELS   (e.g. conv=onednn,fc=gemm: featx.kernels' choice overridden)
+    Ray cluster   --address,     $RAY_ADDRESS,      a new local instance
 
 The pipelines and split files live at the top of a checkout (pipelines/, datasets/splits/) and
 inside the package in a wheel (featx/pipelines, featx/splits): both are looked for here.
@@ -26,9 +29,27 @@ from .errors import ConfigError
 
 _HERE = Path(__file__).resolve().parent
 
-# The types a net can run in (featx.extract maps them to torch's). float32 is the paper's; the
-# others are faster where the hardware has them and get cache files of their own.
-COMPUTE_TYPES = ("float32", "bfloat16", "float16")
+
+
+def max_pixels(default: int) -> int:
+    """$FEATX_MAX_PIXELS: the most pixels an image file may decode to (featx.images)."""
+    return int(os.environ.get("FEATX_MAX_PIXELS", default))
+
+
+def max_rescaled_pixels() -> int:
+    """$FEATX_MAX_RESCALED_PIXELS, default 12 million: the largest rescaled image one forward
+    pass may take (featx.update: above it, the image is that scale's failure)."""
+    return int(os.environ.get("FEATX_MAX_RESCALED_PIXELS", 12_000_000))
+
+
+def forced_kernels() -> str:
+    """$FEATX_KERNELS, or "": the CPU kernels asked for instead of featx.kernels' choice."""
+    return os.environ.get("FEATX_KERNELS", "")
+
+
+def ray_address(option=None) -> str | None:
+    """The Ray cluster to join: --address, $RAY_ADDRESS, or None (a new local instance)."""
+    return option or os.environ.get("RAY_ADDRESS") or None
 
 
 def data_root(root=None) -> Path:

@@ -20,11 +20,11 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .aggregate import AGGREGATIONS
 from .datasets import DATASETS
 from .errors import ConfigError
-from .experiment import DEFAULT_C_GRID, Config, check_c_grid
+from .experiment import Config, check_c_grid
 from .metrics import METRICS
+from .options import AGGREGATIONS, DEFAULT_C_GRID, SETTINGS
 from .specs import NET_CHOICES, check_scales, default_weights, get_spec, is_net
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
@@ -109,7 +109,7 @@ def load_pipeline(path) -> Pipeline:
     if raw["metric"] != expected:
         raise bad("metric", f"for {raw['dataset']} is {expected}, not {raw['metric']}")
     setting = raw.get("setting", "image")
-    if setting not in ("image", "image+box") or (setting != "image" and raw["dataset"] != "voc2012-action"):
+    if setting not in SETTINGS or (setting != "image" and raw["dataset"] != "voc2012-action"):
         raise bad("setting", "is image or image+box, and image+box is for voc2012-action only")
     weights = raw.get("weights", {})
     if not (isinstance(weights, dict) and set(weights) <= set(nets) and all(isinstance(v, str) for v in weights.values())):

@@ -13,6 +13,7 @@ from .experiment import run
 from .results import load_result, write_result
 from .paths import cache_path
 from .pipeline import Pipeline
+from .options import DEFAULT_BATCH_SIZE
 from .specs import default_weights, label_of
 from .update import update_caches
 
@@ -107,7 +108,7 @@ def plan(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple
 
 
 def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Path, solver="torch",
-              device="cpu", dtype="float32", batch_size=8, progress=True, command="", log=print,
+              device="cpu", dtype="float32", batch_size=DEFAULT_BATCH_SIZE, progress=True, command="", log=print,
               weight_files: dict | None = None):
     """Run every pipeline whose dataset is on disk; returns ({name: result}, {name: why skipped}).
 

@@ -18,9 +18,6 @@ if TYPE_CHECKING:
 
 from .errors import ConfigError
 
-# The scales Q a descriptor is computed at unless told otherwise (the paper's single-net
-# VOC-2007 rows use 256, 384 and 512 among others).
-DEFAULT_SCALES = (256, 384, 512)
 
 class Backbone(Protocol):
     """What a net provides to featx. A backbone's module maps a (B, 3, H, W) batch, prepared by

@@ -16,7 +16,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 
 from .descriptor import Descriptor
 from .errors import ImageError
-from .specs import DEFAULT_SCALES
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
 
 
 class VGGDescriptor(TransformerMixin, BaseEstimator):
@@ -35,9 +35,9 @@ class VGGDescriptor(TransformerMixin, BaseEstimator):
         PIL images, uint8 arrays or torch tensors, (image, label) items of a torchvision dataset.
     """
 
-    def __init__(self, nets=("D",), scales=DEFAULT_SCALES, aggregate="mean", flip=True,
+    def __init__(self, nets=(DEFAULT_NET,), scales=DEFAULT_SCALES, aggregate="mean", flip=True,
                  weights=None, preprocess=None, device="auto", dtype="float32",
-                 batch_size=8, workers=None, progress=False, cache=None):
+                 batch_size=DEFAULT_BATCH_SIZE, workers=None, progress=False, cache=None):
         self.nets = nets
         self.scales = scales
         self.aggregate = aggregate

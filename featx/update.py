@@ -18,12 +18,14 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from . import cache as fmt
+from . import paths
 from .cache import FAILED, TODO
 from .errors import CacheError, ConfigError, ImageError
 from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of,
                        file_of, survey)
 from .images import target_size
-from .specs import DEFAULT_SCALES, label_of
+from .options import DEFAULT_SCALES
+from .specs import label_of
 
 
 @dataclass
@@ -61,8 +63,7 @@ def max_rescaled_pixels() -> int:
     activations alone are 64 channels x h x w x 4 bytes, twice with the mirror. Above it the
     image is that scale's failure rather than a run that dies of memory on every retry.
     $FEATX_MAX_RESCALED_PIXELS, default 12 million (Q = 768 on a 1:5 panorama is 3 million)."""
-    import os
-    return int(os.environ.get("FEATX_MAX_RESCALED_PIXELS", 12_000_000))
+    return paths.max_rescaled_pixels()
 
 
 def oversized(sizes, q: int, rows=None) -> dict[int, str]:

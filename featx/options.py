@@ -1,0 +1,24 @@
+"""Every choice and default of featx's configuration, once: the command line's choices and
+defaults, the pipeline files' validation, the Python signatures and the validators all read
+them from here. Standard library only, so `featx --help` stays light.
+
+Where they are checked: nets and scales in featx.specs (`get_spec`, `check_scales`), the C grid
+in featx.experiment (`check_c_grid`), the rest against the tuples below where they are used.
+"""
+
+DEFAULT_NET = "D"  # any name featx.specs.get_spec takes (NET_CHOICES there says which)
+# The scales Q a descriptor is computed at unless told otherwise (the paper's single-net
+# VOC-2007 rows use 256, 384 and 512 among others).
+DEFAULT_SCALES = (256, 384, 512)
+AGGREGATIONS = ("mean", "stack", "max")  # across scales: featx.aggregate.combine
+# The input conventions of weights (featx.weights.PREPROCESS holds what each one is)
+PREPROCESS_NAMES = ("caffe", "torchvision")
+# The types a net can run in (featx.extract maps them to torch's). float32 is the paper's; the
+# others are faster where the hardware has them and get cache files of their own.
+COMPUTE_TYPES = ("float32", "bfloat16", "float16")
+DEFAULT_BATCH_SIZE = 8  # images per forward pass (each also mirrored)
+ENGINES = ("local", "ray")  # featx.update (this process) and featx.distributed (a Ray cluster)
+SETTINGS = ("image", "image+box")  # VOC-2012 action: the whole image, or stacked with the person box
+SOLVERS = ("torch", "liblinear")  # featx.classifiers.OneVsRestSVM
+# C values searched on the validation data (the paper gives no grid)
+DEFAULT_C_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
