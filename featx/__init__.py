@@ -1,4 +1,5 @@
-"""featx: frozen VGG (Net-D / Net-E) image descriptors and linear classifiers.
+"""featx: frozen VGG (Net-D / Net-E) image descriptors and linear classifiers (and any timm
+model's, as timm:MODEL).
 
 Reproduces the transfer-learning experiments of Simonyan & Zisserman (ICLR 2015), Appendix B.
 The public names below load on first use, so `import featx` (and `featx --help`) stays light:
@@ -19,6 +20,7 @@ _LAZY = {
     "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
     "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
     "cache_path": "paths", "write_export": "export", "read_export": "export",
+    "Config": "config", "DescriptorSpec": "config", "ProtocolSpec": "config", "Backbone": "specs",
 }
 
 __all__ = sorted(_LAZY) + ["aggregate", "fuse", "l2_normalize", "FeatxError", "WeightsError", "ImageError",

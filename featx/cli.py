@@ -489,11 +489,12 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     from .datasets import load_dataset
     from dataclasses import replace
 
-    from .experiment import Config, run
+    from .config import Config, DescriptorSpec, ProtocolSpec
+    from .experiment import run
     from .extract import resolve_device
     from .metrics import nanmean
     from .atomic import check_writable
-    from .paths import cache_path, pipelines_dir
+    from .paths import pipelines_dir
     from .pipeline import all_pipelines, matching_pipeline
     from .results import write_result
 
@@ -507,14 +508,15 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
         raise click.BadParameter(f"{c_grid!r}: give numbers separated by commas", param_hint="--c-grid") from None
     device = str(resolve_device(device))
     data = load_dataset(dataset, root)
-    cfg = Config(dataset=data.name, nets=tuple(nets), scales=scales, aggregate=aggregate, weights=weights,
-                 preprocess=preprocess, setting=setting, solver=solver, c_grid=grid, device=device, dtype=dtype)
-    cfg.check(data)
+    cfg = Config(data.name, DescriptorSpec(nets=nets, scales=scales, aggregate=aggregate, weights=weights,
+                                           preprocess=preprocess, setting=setting, dtype=dtype),
+                 ProtocolSpec(solver=solver, c_grid=grid, device=device)).check(data)
     check_writable(results_dir / data.name, "--results-dir")  # before the work, not after it
     if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
-        extract_nets(nets, weights, data, lambda net: cache_path(data, net, weights[net], dtype, cache_dir, root),
-                     rows=data.protocol_rows(cfg.views), preprocess=preprocess, scales=scales, device=device,
-                     dtype=dtype)
+        extract_nets(cfg.nets, cfg.weights, data,
+                     lambda net: cfg.descriptor.cache_path(net, data, cache_dir, root),
+                     rows=data.protocol_rows(cfg.views), preprocess=cfg.preprocess, scales=cfg.scales,
+                     device=device, dtype=dtype)
     result = run(data, cfg, cache_dir, root, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))

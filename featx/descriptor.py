@@ -13,8 +13,9 @@ import numpy as np
 
 from .aggregate import combine
 from .errors import ConfigError
-from .options import AGGREGATIONS, DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
-from .specs import default_weights, get_spec
+from .config import DescriptorSpec
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .specs import get_spec
 
 
 @dataclass
@@ -36,10 +37,11 @@ class Descriptor:
     cache: object = None
 
     def __post_init__(self):
-        if self.aggregate not in AGGREGATIONS:
-            raise ConfigError(f"aggregate={self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
-        if not self.nets:
-            raise ConfigError("nets must name at least one net")
+        # the one validation of a descriptor; the fields then hold its normalised values
+        self.spec = DescriptorSpec(nets=self.nets, scales=self.scales, aggregate=self.aggregate, weights=self.weights,
+                                   preprocess=self.preprocess, flip=self.flip, dtype=self.dtype)
+        self.nets, self.scales, self.weights, self.preprocess = (
+            self.spec.nets, self.spec.scales, self.spec.weights, self.spec.preprocess)
         if self.cache is not None and Path(self.cache).suffix.lower() in (".h5", ".hdf5") and len(self.nets) > 1:
             raise ConfigError(f"cache={self.cache}: one file holds one net's descriptors; give a folder "
                               f"for {len(self.nets)} nets")
@@ -71,11 +73,10 @@ class Descriptor:
                 for q in (self.scales if per_scale else self.scales[:1]) for i in range(get_spec(net).dim)]
 
     def weights_of(self, net):
-        given = self.weights.get(net) if isinstance(self.weights, dict) else self.weights
-        return default_weights(net) if given is None else given
+        return self.weights[net]
 
     def preprocess_of(self, net):
-        return self.preprocess.get(net) if isinstance(self.preprocess, dict) else self.preprocess
+        return self.preprocess[net]
 
     def options(self) -> dict:
         return dict(scales=tuple(self.scales), flip=self.flip, device=self.device, dtype=self.dtype,

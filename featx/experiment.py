@@ -13,7 +13,6 @@ A folder or CSV collection without its own splits gets three seeded held-out spl
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -24,76 +23,11 @@ from .datasets import Dataset
 from .errors import CacheError, ConfigError
 from .metrics import metric_of, nanmean
 from .results import FinalModel, Result, SplitRun
-from .options import AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES, SETTINGS, SOLVERS
-from .specs import NETS, default_weights, get_spec, label_of
+from .config import Config
+from .specs import label_of
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
                    "created", "featx_version")
-@dataclass
-class Config:
-    dataset: str
-    nets: tuple = (DEFAULT_NET,)
-    scales: tuple = DEFAULT_SCALES
-    aggregate: str = "mean"
-    weights: dict = field(default_factory=dict)  # net -> weight source
-    preprocess: dict = field(default_factory=dict)  # net -> preprocessing of a bare .pth
-    setting: str = "image"  # action only: "image" or "image+box"
-    solver: str = "torch"
-    c_grid: tuple = DEFAULT_C_GRID
-    device: str = "cpu"
-    dtype: str = "float32"  # the type the descriptors were computed in (which cache files to read)
-
-    @property
-    def views(self) -> tuple:
-        """What each sample is seen as: the whole image, and with image+box its person box."""
-        return ("image", "box") if self.setting == "image+box" else ("image",)
-
-    def run_name(self) -> str:
-        """The results' file stem: "DE-256-512x3-mean" (nets, scales, aggregation; the setting
-        for VOC-2012 action; a compute type other than float32). Nets other than the paper's
-        are joined by "+" under their file names: "E+timm-resnet50-256-256x1-mean"."""
-        vgg = all(n in NETS for n in self.nets)
-        nets = ("" if vgg else "+").join(n if vgg else get_spec(n).file_name for n in self.nets)
-        qs = self.scales
-        return "-".join([nets, f"{qs[0]}-{qs[-1]}x{len(qs)}", self.aggregate]
-                        + ([self.setting.replace("+", "")] if self.dataset == "voc2012-action" else [])
-                        + ([self.dtype] if self.dtype != "float32" else []))
-
-    def check(self, data: Dataset) -> "Config":
-        """The one validator of a protocol configuration (CLI, pipeline files and Python)."""
-        if self.aggregate not in AGGREGATIONS:
-            raise ConfigError(f"aggregate {self.aggregate!r}: choose one of {', '.join(AGGREGATIONS)}")
-        if self.setting not in SETTINGS:
-            raise ConfigError(f"setting {self.setting!r}: choose {' or '.join(SETTINGS)}")
-        missing = [v for v in self.views if v not in data.views]
-        if missing:
-            raise ConfigError(f"setting {self.setting} needs {missing[0]} views of the samples, which "
-                              f"{data.name} does not have (image+box is for voc2012-action)")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"solver {self.solver!r}: choose one of {', '.join(SOLVERS)}")
-        self.c_grid = check_c_grid(self.c_grid)
-        from .specs import check_scales, get_spec
-        for net in self.nets:
-            self.scales = check_scales(self.scales, get_spec(net))
-        if self.dtype not in COMPUTE_TYPES:
-            raise ConfigError(f"dtype {self.dtype!r}: choose one of {', '.join(COMPUTE_TYPES)}")
-        if not self.nets or len(set(self.nets)) != len(self.nets):
-            raise ConfigError(f"nets {list(self.nets)}: name each net once")
-        return self
-
-
-def check_c_grid(values) -> tuple:
-    """The one validator of C values (CLI, pipeline files, Config): finite positive numbers."""
-    import math
-    if isinstance(values, (str, bytes, int, float)) or not hasattr(values, "__iter__"):
-        raise ConfigError(f"c_grid {values!r}: give a list of positive numbers, e.g. (0.1, 1, 10)")
-    values = tuple(values)
-    bad = [c for c in values if isinstance(c, bool) or not isinstance(c, (int, float))
-           or not math.isfinite(c) or c <= 0]
-    if not values or bad:
-        raise ConfigError(f"c_grid {list(values)}: C must be a finite positive number"
-                          + (f", not {bad[0]!r}" if bad else ""))
-    return tuple(float(c) for c in values)
 
 
 class Descriptors:
@@ -105,23 +39,23 @@ class Descriptors:
 
     def __init__(self, data: Dataset, cfg: Config, cache_dir=None, root=None, log=print):
         from .identity import check_current
-        from .paths import cache_path
         from .update import extract_command
         self.data, self.cfg = data, cfg
         self.hint = extract_command(data, cfg.nets, cfg.scales, cfg.weights, cfg.preprocess, cfg.dtype,
                                     cache_dir, root)
         self.caches, self.rows = {}, {}
+        self.preprocess, self.flips = {}, {}  # net -> the preprocessing, flipping its cache was computed with
         use = data.protocol_rows(cfg.views)  # what the splits read
         for net in cfg.nets:
-            path = cache_path(data, net, cfg.weights.get(net) or default_weights(net), cfg.dtype, cache_dir, root)
+            path = cfg.descriptor.cache_path(net, data, cache_dir, root)
             if not path.is_file():
                 raise CacheError(f"no cached {label_of(net)} descriptors at {path}; compute them with:\n  {self.hint}")
             cache = self.caches[net] = DescriptorCache(path)
             # A classifier must see the descriptors it was trained on: record how they were made.
-            made = cache.attrs.get("preprocess")
+            made = self.preprocess[net] = cache.attrs.get("preprocess")
             if cfg.preprocess.get(net) not in (None, made):
                 raise ConfigError(f"{path} was computed with {made} preprocessing, not {cfg.preprocess[net]}")
-            cfg.preprocess[net] = made
+            self.flips[net] = bool(cache.attrs.get("flip", True))
             computed_in = cache.attrs.get("dtype") or "float32"  # 0.2.0 files: float32
             if computed_in != cfg.dtype:
                 raise ConfigError(f"{path} holds descriptors computed in {computed_in}, not {cfg.dtype}")
@@ -139,6 +73,10 @@ class Descriptors:
             raise CacheError(f"{label_of(net)} descriptors missing for {len(rows)} images at Q={q} "
                              f"(e.g. {self.caches[net].ids[rows[0]]}); compute them with:\n  {self.hint}")
         self.views = cfg.views
+        if len(set(self.flips.values())) > 1:
+            raise ConfigError(f"the caches of {', '.join(map(label_of, cfg.nets))} differ in flipping "
+                              "(one was extracted with --no-flip): one descriptor cannot fuse them")
+        self.flip = all(self.flips.values())
 
     def __call__(self, samples: np.ndarray) -> np.ndarray:
         """L2-normalised descriptors of these samples: nets fused per view; views (whole image,
@@ -254,8 +192,9 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
         runs.append(SplitRun(None, best, grid, names[2], names[3], scores=scores, model=model))
     final = fit_final(data, cfg, desc, runs, log)
     headline = [100 * _headline(data.task, r.scores) for r in runs]
+    # the result records how the caches were computed (preprocessing, flip), not only what was asked
     return Result(final=final,
-        dataset=data.name, config=asdict(cfg), runs=runs,
+        dataset=data.name, config=cfg.replace(preprocess=desc.preprocess, flip=desc.flip), runs=runs,
         metric=metric_of(data.task).name,
         headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,
         classes=list(data.classes),

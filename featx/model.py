@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DescriptorSpec, FieldError
 from .errors import ConfigError
-from .specs import default_weights, is_net, label_of
+from .specs import default_weights, get_spec, label_of
 
 FORMAT = "featx-model"
 FORMAT_VERSION = 2  # 2 (featx 0.7): weights by source and digest, the final fit; 1 is read too
@@ -56,8 +57,8 @@ def model_record(result, trained_on: str) -> dict:
         weights[net] = {"source": m.get("weights") or default_weights(net), "file": Path(file).name if file else None,
                         "digest": m.get("weights_digest") or None}
     final = result.final
-    return {"descriptor": {"nets": list(cfg["nets"]), "scales": list(cfg["scales"]), "aggregate": cfg["aggregate"],
-                           "setting": cfg["setting"], "weights": weights, "preprocess": dict(cfg["preprocess"]),
+    return {"descriptor": {"nets": list(cfg.nets), "scales": list(cfg.scales), "aggregate": cfg.aggregate,
+                           "setting": cfg.setting, "weights": weights, "preprocess": dict(cfg.preprocess),
                            "flip": flips.pop(), "dtype": result.compute_dtype},
             "classes": list(result.classes), "dataset": result.dataset, "trained_on": trained_on,
             "samples": final.samples if final else None, "C": final.C if final else result.runs[0].C,
@@ -110,14 +111,8 @@ class ModelRecord:
 
     path: Path
     format_version: int
-    nets: tuple
-    scales: tuple
-    aggregate: str
-    setting: str
+    descriptor: DescriptorSpec  # its weights: each net's source name (the refs below say which tensors)
     weights: dict  # net -> WeightsRef
-    preprocess: dict  # net -> preprocessing name (or None)
-    flip: bool
-    dtype: str
     classes: tuple  # class names, in the order the scores are reported
     multilabel: bool
     C: float
@@ -128,6 +123,14 @@ class ModelRecord:
     arrays_sha256: str | None  # None: format 1 (unchecked)
     featx_version: str
 
+    nets = property(lambda self: self.descriptor.nets)
+    scales = property(lambda self: self.descriptor.scales)
+    aggregate = property(lambda self: self.descriptor.aggregate)
+    setting = property(lambda self: self.descriptor.setting)
+    preprocess = property(lambda self: self.descriptor.preprocess)
+    flip = property(lambda self: self.descriptor.flip)
+    dtype = property(lambda self: self.descriptor.dtype)
+
     @property
     def digests(self) -> dict:
         return {net: w.digest for net, w in self.weights.items()}
@@ -137,9 +140,6 @@ def read_model_record(path) -> ModelRecord:
     """RUN.model.json as a ModelRecord; anything featx svm would not have written (a field
     missing or of the wrong type or value, a record changed since, an unknown format) is one
     ConfigError naming the file and the field."""
-    from .options import AGGREGATIONS, COMPUTE_TYPES
-    from .specs import NET_CHOICES, get_spec
-    from .weights import PREPROCESS
     json_path, _ = model_paths(path)
     if not json_path.is_file():
         raise ConfigError(f"{path}: no featx model record at {json_path} (featx svm writes "
@@ -174,27 +174,17 @@ def read_model_record(path) -> ModelRecord:
         return value
 
     d = get(meta, "descriptor", dict)
-    nets = get(d, "nets", list, "descriptor.")
-    if not nets or len(set(map(str, nets))) != len(nets) or not all(is_net(n) for n in nets):
-        raise bad("descriptor.nets", f"must name distinct nets ({NET_CHOICES}), got {nets!r}")
-    scales = get(d, "scales", list, "descriptor.")
-    smallest = max(get_spec(n).min_side for n in nets)
-    if not scales or len(set(scales)) != len(scales) or not all(
-            isinstance(q, int) and not isinstance(q, bool) and q >= smallest for q in scales):
-        raise bad("descriptor.scales", f"must be distinct integers >= {smallest}, got {scales!r}")
-    aggregate = get(d, "aggregate", str, "descriptor.")
-    if aggregate not in AGGREGATIONS:
-        raise bad("descriptor.aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {aggregate!r}")
-    setting = get(d, "setting", str, "descriptor.")
-    if setting not in ("image", "image+box"):
-        raise bad("descriptor.setting", f"must be image or image+box, got {setting!r}")
     flip = get(d, "flip", bool, "descriptor.")
-    dtype = d.get("dtype", "float32") if version == 1 else get(d, "dtype", str, "descriptor.")
-    if dtype not in COMPUTE_TYPES:
-        raise bad("descriptor.dtype", f"must be one of {', '.join(COMPUTE_TYPES)}, got {dtype!r}")
-    preprocess = d.get("preprocess") or {}
-    if not isinstance(preprocess, dict) or not all(v is None or v in PREPROCESS for v in preprocess.values()):
-        raise bad("descriptor.preprocess", f"must map nets to {' or '.join(PREPROCESS)}, got {preprocess!r}")
+    try:  # the one validation of a descriptor (featx.config), each field named as in the file
+        spec = DescriptorSpec(nets=tuple(get(d, "nets", list, "descriptor.")),
+                              scales=tuple(get(d, "scales", list, "descriptor.")),
+                              aggregate=get(d, "aggregate", str, "descriptor."),
+                              setting=get(d, "setting", str, "descriptor."), flip=flip,
+                              dtype=d.get("dtype", "float32") if version == 1 else get(d, "dtype", str, "descriptor."),
+                              preprocess=d.get("preprocess") or {})
+    except FieldError as e:
+        raise bad(f"descriptor.{e.field}", f"is not valid: {e}") from None
+    nets, scales, aggregate, setting = spec.nets, spec.scales, spec.aggregate, spec.setting
     given = get(d, "weights", dict, "descriptor.")
     if set(given) != set(nets):
         raise bad("descriptor.weights", f"must name the weights of each net {nets}, got {sorted(given)}")
@@ -230,8 +220,8 @@ def read_model_record(path) -> ModelRecord:
         raise bad("classifier.n_features", f"is {n_features}, but the descriptor has {want} features")
     arrays_sha256 = None if version == 1 else get(meta, "arrays_sha256", str)
     trained_on = meta.get("trained_on", "")
-    return ModelRecord(json_path, version, tuple(nets), tuple(scales), aggregate, setting, weights, dict(preprocess),
-                       flip, dtype, tuple(classes), get(c, "multilabel", bool, "classifier."), C,
+    return ModelRecord(json_path, version, spec.replace(weights={n: w.source for n, w in weights.items()}), weights,
+                       tuple(classes), get(c, "multilabel", bool, "classifier."), C,
                        get(c, "solver", str, "classifier."), n_features, str(trained_on),
                        meta.get("arrays") or model_paths(path)[1].name, arrays_sha256, str(meta.get("featx_version")))
 

@@ -2,8 +2,8 @@
 defaults, the pipeline files' validation, the Python signatures and the validators all read
 them from here. Standard library only, so `featx --help` stays light.
 
-Where they are checked: nets and scales in featx.specs (`get_spec`, `check_scales`), the C grid
-in featx.experiment (`check_c_grid`), the rest against the tuples below where they are used.
+Where they are checked: once, in featx.config's DescriptorSpec and ProtocolSpec (nets and
+scales through featx.specs' `get_spec` and `check_scales`).
 """
 
 DEFAULT_NET = "D"  # any name featx.specs.get_spec takes (NET_CHOICES there says which)

@@ -17,15 +17,14 @@ Files are validated on load; every error names the file and the key.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .datasets import DATASETS
 from .errors import ConfigError
-from .experiment import Config, check_c_grid
+from .config import Config, DescriptorSpec, FieldError, ProtocolSpec
 from .metrics import METRICS
-from .options import AGGREGATIONS, DEFAULT_C_GRID, SETTINGS
-from .specs import NET_CHOICES, check_scales, default_weights, get_spec, is_net
+from .options import DEFAULT_C_GRID
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
 
 TABLES = ("table11", "table12", "ablation")
@@ -36,26 +35,30 @@ REQUIRED = ("table", "row", "dataset", "nets", "scales", "aggregate", "metric")
 
 @dataclass
 class Pipeline:
+    """One of the paper's experiments (a pipelines/*.toml file): which row of which table, the
+    descriptor and C grid it runs, the metric and the paper's figure."""
+
     name: str  # the file's stem: results/<dataset>/<name>.*
     path: Path
     table: str
     row: str
     dataset: str
-    nets: tuple
-    scales: tuple
-    aggregate: str
+    descriptor: DescriptorSpec
     metric: str
-    weights: dict = field(default_factory=dict)
-    setting: str = "image"
     c_grid: tuple = DEFAULT_C_GRID
     paper: float | tuple | None = None
     note: str = ""
     baseline: str = ""  # ablations: the pipeline they are compared with
 
+    nets = property(lambda self: self.descriptor.nets)
+    scales = property(lambda self: self.descriptor.scales)
+    aggregate = property(lambda self: self.descriptor.aggregate)
+    weights = property(lambda self: self.descriptor.weights)
+    setting = property(lambda self: self.descriptor.setting)
+
     def config(self, solver: str = "torch", device: str = "cpu", dtype: str = "float32") -> Config:
-        return Config(dataset=self.dataset, nets=self.nets, scales=self.scales, aggregate=self.aggregate,
-                      weights={n: self.weights.get(n) or default_weights(n) for n in self.nets},
-                      setting=self.setting, solver=solver, c_grid=self.c_grid, device=device, dtype=dtype)
+        return Config(self.dataset, self.descriptor.replace(dtype=dtype),
+                      ProtocolSpec(solver=solver, c_grid=self.c_grid, device=device))
 
 
 def load_pipeline(path) -> Pipeline:
@@ -90,35 +93,23 @@ def load_pipeline(path) -> Pipeline:
         raise bad("table", f"must be one of {', '.join(TABLES)}, got {raw['table']!r}")
     if raw["dataset"] not in DATASETS:
         raise bad("dataset", f"must be one of {', '.join(DATASETS)}, got {raw['dataset']!r}")
-    nets = raw["nets"]
-    if not (isinstance(nets, list) and nets and all(is_net(n) for n in nets) and len(set(nets)) == len(nets)):
-        raise bad("nets", f"must be a list of distinct nets ({NET_CHOICES}), got {nets!r}")
-    scales = raw["scales"]
-    if not isinstance(scales, list):
-        raise bad("scales", f"must be a list of integers, got {scales!r}")
-    try:
-        for n in nets:
-            check_scales(scales, get_spec(n))
-    except ConfigError as e:
-        raise bad("scales", f"is not valid: {e}") from None
-    if raw["aggregate"] not in AGGREGATIONS:
-        raise bad("aggregate", f"must be one of {', '.join(AGGREGATIONS)}, got {raw['aggregate']!r}")
     if raw["metric"] not in METRICS:
         raise bad("metric", f"must be one of {', '.join(METRICS)}, got {raw['metric']!r}")
     expected = DATASETS[raw["dataset"]].metric
     if raw["metric"] != expected:
         raise bad("metric", f"for {raw['dataset']} is {expected}, not {raw['metric']}")
     setting = raw.get("setting", "image")
-    if setting not in SETTINGS or (setting != "image" and raw["dataset"] != "voc2012-action"):
+    if setting != "image" and raw["dataset"] != "voc2012-action":
         raise bad("setting", "is image or image+box, and image+box is for voc2012-action only")
     weights = raw.get("weights", {})
-    if not (isinstance(weights, dict) and set(weights) <= set(nets) and all(isinstance(v, str) for v in weights.values())):
-        raise bad("weights", f"must be a table net = source for the nets {nets}, got {weights!r}")
-    grid = raw.get("c_grid", list(DEFAULT_C_GRID))
-    try:
-        grid = check_c_grid(grid if isinstance(grid, list) else str(grid))
-    except ConfigError as e:
-        raise bad("c_grid", f"is not valid: {e}") from None
+    if not isinstance(weights, dict):
+        raise bad("weights", f"must be a table net = source, got {weights!r}")
+    try:  # the one validation of a descriptor, and of C values
+        descriptor = DescriptorSpec(nets=raw["nets"], scales=raw["scales"], aggregate=raw["aggregate"],
+                                    weights=weights, setting=setting)
+        grid = ProtocolSpec(c_grid=raw.get("c_grid", DEFAULT_C_GRID)).c_grid
+    except FieldError as e:
+        raise bad(e.field, f"is not valid: {e}") from None
     paper = raw.get("paper")
     if paper is not None:
         def number(v):
@@ -130,8 +121,7 @@ def load_pipeline(path) -> Pipeline:
                       + ("a number" if METRICS[expected].paper_shape == "number" else "[mean, std]"))
         paper = tuple(paper) if isinstance(paper, list) else float(paper)
     return Pipeline(name=path.stem, path=path, table=raw["table"], row=raw["row"], dataset=raw["dataset"],
-                    nets=tuple(nets), scales=tuple(scales), aggregate=raw["aggregate"], metric=raw["metric"],
-                    weights=dict(weights), setting=setting, c_grid=grid,
+                    descriptor=descriptor, metric=raw["metric"], c_grid=grid,
                     paper=paper, note=raw.get("note", ""), baseline=raw.get("baseline", ""))
 
 
@@ -164,12 +154,12 @@ def matching_pipeline(cfg: Config, pipelines: list[Pipeline]) -> Pipeline | None
     scales, aggregation, setting and weight sources; None if the paper has no such row."""
     from .weights import weights_tag
 
-    def key(dataset, nets, scales, aggregate, setting, weights):
-        return (dataset, tuple(sorted(nets)), tuple(sorted(scales)), aggregate, setting,
-                tuple(sorted((n, weights_tag(weights.get(n) or default_weights(n))) for n in nets)))
+    def key(dataset, d: DescriptorSpec):
+        return (dataset, tuple(sorted(d.nets)), tuple(sorted(d.scales)), d.aggregate, d.setting,
+                tuple(sorted((n, weights_tag(w)) for n, w in d.weights.items())))
 
-    want = key(cfg.dataset, cfg.nets, cfg.scales, cfg.aggregate, cfg.setting, cfg.weights)
+    want = key(cfg.dataset, cfg.descriptor)
     for p in pipelines:
-        if p.paper is not None and key(p.dataset, p.nets, p.scales, p.aggregate, p.setting, p.weights) == want:
+        if p.paper is not None and key(p.dataset, p.descriptor) == want:
             return p
     return None

@@ -13,7 +13,7 @@ from .datasets import DATASETS
 from .metrics import METRICS, Metric
 from .pipeline import Pipeline
 from .results import Result, read_result
-from .specs import default_weights, label_of
+from .specs import label_of
 
 BENCH_FIGURES = "bench"  # RESULTS_DIR/bench: benchmark figures per machine, not protocol runs
 
@@ -49,9 +49,9 @@ def protocol_differences(p: Pipeline, result: Result) -> str | None:
     if p.dataset.startswith("caltech"):
         known.append("splits: ours are drawn by featx's seeded rule (datasets/splits/), the paper's "
                      "random splits were not published")
-    known.append(f"C grid: {list(cfg['c_grid'])}, chosen on the validation part (the paper does not "
+    known.append(f"C grid: {list(cfg.c_grid)}, chosen on the validation part (the paper does not "
                  "give its grid)")
-    known.append(f"solver: {cfg['solver']} (squared hinge, L2, one-vs-rest); the paper says only "
+    known.append(f"solver: {cfg.solver} (squared hinge, L2, one-vs-rest); the paper says only "
                  "'linear SVM'")
     notes = weights_notes(result)
     if notes:
@@ -76,12 +76,12 @@ def _paper_cell(paper) -> str:
 def _config_cell(p: Pipeline, result: Result | None) -> str:
     scales = p.scales
     qs = f"{scales[0]}..{scales[-1]} ({len(scales)})" if len(scales) > 3 else ",".join(map(str, scales))
-    weights = ",".join(sorted({p.weights.get(n) or default_weights(n) for n in p.nets}))
+    weights = ",".join(sorted(set(p.weights.values())))
     cell = f"{'&'.join(p.nets)} {weights}; Q {qs} {p.aggregate}"
     if p.setting != "image":
         cell += f"; {p.setting}"
     if result:
-        cell += f"; C {result.chosen_c_text}; {result.config['solver']} on {result.config['device']}"
+        cell += f"; C {result.chosen_c_text}; {result.config.solver} on {result.config.device}"
         cell += _dtype_note(result)
     return cell
 
@@ -250,8 +250,8 @@ def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Pat
             cfg = r.config
             lines.append(f"| {r.dataset} | [{path.stem}]({path.parent.name}/{path.stem}.md) | "
                          f"{r.metric} {_fmt(r.headline, r.headline_std)} | "
-                         f"{','.join(cfg['nets'])}; {', '.join(f'{k}={v}' for k, v in cfg['weights'].items())}; "
-                         f"Q {','.join(map(str, cfg['scales']))} {cfg['aggregate']}{_dtype_note(r)} | "
+                         f"{','.join(cfg.nets)}; {', '.join(f'{k}={v}' for k, v in cfg.weights.items())}; "
+                         f"Q {','.join(map(str, cfg.scales))} {cfg.aggregate}{_dtype_note(r)} | "
                          f"{r.chosen_c_text} | {r.evaluated_on} | "
                          f"`{r.command}` |")
         lines.append("")

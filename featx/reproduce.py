@@ -14,7 +14,7 @@ from .results import load_result, write_result
 from .paths import cache_path
 from .pipeline import Pipeline
 from .options import DEFAULT_BATCH_SIZE
-from .specs import default_weights, label_of
+from .specs import label_of
 from .update import update_caches
 
 # VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
@@ -41,7 +41,7 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
     jobs: dict[tuple, Job] = {}
     for p in pipelines:
         for net in p.nets:
-            w = p.weights.get(net) or default_weights(net)
+            w = p.weights[net]
             job = jobs.setdefault((p.dataset, net, w), Job(p.dataset, net, w, ()))
             job.scales = tuple(sorted(set(job.scales) | set(p.scales)))
             job.views = tuple(dict.fromkeys(job.views + p.config().views))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import Config
 from .errors import ConfigError
 from .metrics import Metric, metric_of, nanmean
 
@@ -72,7 +73,7 @@ class Result:
     """A protocol's outcome on one dataset: the headline (mean ± std over splits) and its runs."""
 
     dataset: str
-    config: dict  # the experiment.Config, as a dict
+    config: Config  # stored flat (Config.to_json), as featx has always written it
     metric: str  # a featx.metrics.Metric's name: "mean class recall", "mAP (VOC-2007 11-point AP)"
     headline: float  # in percent
     headline_std: float | None
@@ -137,6 +138,7 @@ class Result:
 
     def to_json(self) -> dict:
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
+        out["config"] = self.config.to_json()
         out["runs"] = [r.to_json() for r in self.runs]
         out["final"] = self.final.to_json() if self.final is not None else None
         out["paper"] = list(self.paper) if isinstance(self.paper, tuple) else self.paper
@@ -145,9 +147,10 @@ class Result:
     @classmethod
     def from_json(cls, d: dict, path: Path | None = None) -> "Result":
         metric_of(name=d["metric"])  # one this featx knows (else ValueError: not a result file)
-        names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper", "final"}
+        names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper", "final", "config"}
         paper = d.get("paper")
-        return cls(**{k: v for k, v in d.items() if k in names}, runs=[SplitRun.from_json(r) for r in d["runs"]],
+        return cls(**{k: v for k, v in d.items() if k in names}, config=Config.from_json(d["config"]),
+                   runs=[SplitRun.from_json(r) for r in d["runs"]],
                    paper=tuple(paper) if isinstance(paper, list) else paper, final=FinalModel.from_json(d.get("final")),
                    path=path)
 
@@ -156,6 +159,8 @@ def read_result(path: Path) -> Result:
     path = Path(path)
     try:
         return Result.from_json(json.loads(path.read_text()), path)
+    except ConfigError as e:  # before ValueError, which it is
+        raise ConfigError(f"{path}: its configuration is not valid: {e}") from None
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise ConfigError(f"{path}: not a featx result file ({type(e).__name__}: {e})") from None
 
@@ -235,19 +240,19 @@ def check_files(result: Result) -> list[str]:
 def render_markdown(result: Result, table, run_name: str) -> str:
     cfg = result.config
     lines = [f"# {result.dataset}: {run_name}", "", result.headline_text(), "",
-             f"- nets {', '.join(cfg['nets'])}; weights "
-             + ", ".join(f"{n}={w}" for n, w in cfg["weights"].items())
-             + f"; scales {', '.join(map(str, cfg['scales']))}; "
-             f"aggregation {cfg['aggregate']}" + (f"; setting {cfg['setting']}" if result.dataset == 'voc2012-action' else "")
+             f"- nets {', '.join(cfg.nets)}; weights "
+             + ", ".join(f"{n}={w}" for n, w in cfg.weights.items())
+             + f"; scales {', '.join(map(str, cfg.scales))}; "
+             f"aggregation {cfg.aggregate}" + (f"; setting {cfg.setting}" if result.dataset == 'voc2012-action' else "")
              + f"; computed in {result.compute_dtype}",
-             f"- solver {cfg['solver']}; C grid {list(cfg['c_grid'])}; chosen C "
+             f"- solver {cfg.solver}; C grid {list(cfg.c_grid)}; chosen C "
              + result.chosen_c_text,
              f"- trained on {', '.join(r.trained_on for r in result.runs)}; evaluated on {result.evaluated_on}"
              + (f"; per split {', '.join(f'{v:.2f}' for v in result.per_split)}" if len(result.runs) > 1 else ""),
              *([f"- saved classifier ({run_name}.model.json): C={result.final.C:g} ({result.final.chosen_by}), fit on "
                 f"{result.final.trained_on}"] if result.final else []),
              f"- machine: {result.versions.get('cpu') or result.versions.get('machine', '?')}"
-             + (f"; GPU {result.versions['gpu']}" if str(cfg.get("device", "")).startswith("cuda")
+             + (f"; GPU {result.versions['gpu']}" if str(cfg.device).startswith("cuda")
                 and result.versions.get("gpu") else "") + "; "
              f"featx {result.versions.get('featx', '?')}, torch {result.versions.get('torch', '?')}",
              f"- command: `{result.command or 'featx Python API'}`",

@@ -63,7 +63,7 @@ metric = "map"
 
 
 @pytest.mark.parametrize("change, message", [
-    (('nets = ["T"]', 'nets = ["T", "T"]'), r"bad.toml: nets must be a list of distinct nets"),
+    (('nets = ["T"]', 'nets = ["T", "T"]'), r"bad.toml: nets is not valid: nets \['T', 'T'\]: name at least one net, each once"),
     (('scales = [224, 256]', 'scales = [200]'), r"bad.toml: scales is not valid: scale Q=200 is too small"),
     (('scales = [224, 256]', 'scales = [224, 224]'), r"bad.toml: scales is not valid: scales \(224, 224\) repeat a value"),
     (('scales = [224, 256]', 'scales = [100000]'), r"bad.toml: scales is not valid: scale Q=100000 is above 2048"),
@@ -72,12 +72,12 @@ metric = "map"
     (('c_grid = [0.1, 1]', 'c_grid = [true]'), r"bad.toml: c_grid is not valid: .*not True"),
     (('metric = "map"', 'metric = "map"\npaper = true'), r"bad.toml: paper for voc2007 \(mAP\) must be a number"),
     (('metric = "map"', 'metric = "mcr"'), r"bad.toml: metric for voc2007 is map, not mcr"),
-    (('aggregate = "mean"', 'aggregate = "median"'), r"bad.toml: aggregate must be one of mean, stack, max"),
+    (('aggregate = "mean"', 'aggregate = "median"'), r"bad.toml: aggregate is not valid: aggregate 'median': choose one of mean, stack, max"),
     (('c_grid = [0.1, 1]', 'c_grid = [0, 1]'), r"bad.toml: c_grid is not valid: .*C must be a finite positive number, not 0"),
     (('row = "Net-T"', 'rows = "Net-T"'), r"bad.toml: rows is not a pipeline key"),
     (('table = "table11"\n', ''), r"bad.toml: table is missing"),
     (('dataset = "voc2007"', 'dataset = "imagenet"'), r"bad.toml: dataset must be one of voc2007"),
-    (('weights = { T = "random" }', 'weights = { E = "random" }'), r"bad.toml: weights must be a table"),
+    (('weights = { T = "random" }', 'weights = { E = "random" }'), r"bad.toml: weights is not valid: weights names E, which is not among the nets \['T'\]"),
     (('scales = [224, 256]', 'scales = [224, 256'), r"bad.toml: not valid TOML"),
     (('metric = "map"', 'metric = "map"\nsetting = "image+box"'), r"image\+box is for voc2012-action only"),
 ])
@@ -266,7 +266,7 @@ def test_a_row_computed_in_bfloat16_says_so(tmp_path):
     assert f"- machine: {meta['versions']['cpu']}; featx " in md
     # a run on a GPU names the GPU too
     ran = read_result(results / "caltech101" / "caltech101-T.json")
-    on_gpu = dataclasses.replace(ran, config=ran.config | {"device": "cuda"},
+    on_gpu = dataclasses.replace(ran, config=ran.config.replace(device="cuda"),
                                  versions=ran.versions | {"gpu": "NVIDIA H200"})
     table = pd.read_csv(results / "caltech101" / "caltech101-T.csv")
     assert f"- machine: {meta['versions']['cpu']}; GPU NVIDIA H200; featx " in render_markdown(on_gpu, table, "x")

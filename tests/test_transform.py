@@ -1,5 +1,7 @@
-import numpy as np
+import dataclasses
 import pickle
+
+import numpy as np
 
 import pytest
 from sklearn.base import clone
@@ -7,7 +9,10 @@ from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import Pipeline
 from sklearn.svm import LinearSVC
 
+from conftest import TINY
 from featx import VGGDescriptor
+from featx.errors import ConfigError
+from featx.nets import NETS
 
 
 
@@ -27,14 +32,17 @@ def two_class_images(tmp_path, n=8):
     return paths, np.array(labels)
 
 
-def test_transform_dimensions_and_normalisation(images):
+def test_transform_dimensions_and_normalisation(images, monkeypatch):
     paths = [str(p) for p in images]
     mean = VGGDescriptor(nets=("T",), scales=(224, 256), weights="random:0", device="cpu").fit_transform(paths)
     assert mean.shape == (6, 16)
     assert np.allclose(np.linalg.norm(mean, axis=1), 1, atol=1e-6)
-    both = VGGDescriptor(nets=("T", "T"), scales=(224, 256), aggregate="stack", weights="random:0",
+    monkeypatch.setitem(NETS, "U", dataclasses.replace(TINY, name="U", arch="tiny-u"))  # a second tiny net
+    both = VGGDescriptor(nets=("T", "U"), scales=(224, 256), aggregate="stack", weights="random:0",
                          device="cpu").fit_transform(paths)
     assert both.shape == (6, 64)
+    with pytest.raises(ConfigError, match=r"nets \['T', 'T'\]: name at least one net, each once"):
+        VGGDescriptor(nets=("T", "T"), weights="random:0").fit_transform(paths)
 
 
 def test_in_a_pipeline_with_grid_search(tmp_path):

@@ -26,7 +26,7 @@ def test_scales_are_checked_in_one_place(scales, message):
     with pytest.raises(ConfigError, match=message):
         Extractor("T", scales=scales, weights="random", device="cpu", lazy=True)
     with pytest.raises(ConfigError, match=message):
-        Config(dataset="x", nets=("T",), scales=scales).check(load_tiny_dataset.data)
+        Config.of("x", nets=("T",), scales=scales).check(load_tiny_dataset.data)
 
 
 class load_tiny_dataset:  # a Dataset for Config.check, made once
@@ -46,7 +46,7 @@ def tiny_dataset(tmp_path_factory):
 @pytest.mark.parametrize("grid", [(float("inf"),), (0,), (-1,), (True,), (), "1"])
 def test_c_values_are_finite_and_positive_in_one_place(grid):
     with pytest.raises(ConfigError, match="c_grid"):
-        Config(dataset="x", nets=("T",), scales=(224,), c_grid=grid).check(load_tiny_dataset.data)
+        Config.of("x", nets=("T",), scales=(224,), c_grid=grid).check(load_tiny_dataset.data)
 
 
 @pytest.mark.parametrize("params,message", [
@@ -94,7 +94,7 @@ def test_a_class_without_training_samples_is_named(tmp_path):
                                   "random", "--scales", "224", "--cache-dir", str(tmp_path / "c"), "-q"])
     assert r.exit_code == 0, r.output
     said = []
-    run(data, Config(dataset=data.name, nets=("T",), weights={"T": "random"}, scales=(224,), c_grid=(1.0,)),
+    run(data, Config.of(data.name, nets=("T",), weights={"T": "random"}, scales=(224,), c_grid=(1.0,)),
         tmp_path / "c", log=said.append)
     assert "warning: class 'c' has test samples to evaluate but none to train on; it is scored 0" in said
 
