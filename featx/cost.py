@@ -71,13 +71,10 @@ def matmul_gflops(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
 
 
 # Fraction of the ceiling (matmul_gflops: the best library's rate) that a whole extraction
-# reaches on CPU: the forward passes alone reach 81-86% in fp32 on a 2-core AMD EPYC
-# (results/bench/amd-epyc.json); 0.7 leaves room for decoding, resizing and cache writes.
+# reaches on CPU, and in bfloat16 on AMX (which lifts the big convolutions far more than the rest
+# of the net). Calibrated on the runs in results/bench: docs/speed.md, "Where featx's constants
+# come from".
 CPU_EFFICIENCY = 0.7
-# bfloat16 on AMX is different: AMX lifts the big convolutions' ceiling ~10x, the rest of the
-# net (conv1, pooling, fc, the flip average) far less, so a whole extraction reaches ~25% of it:
-# 24-27% in results/bench/intel-r-xeon-r-processor-fused.json, and the real Caltech-101 run at
-# Q = 512 ran at 740 GFLOP/s against a measured 2,700 (27%) on the same 2-core Intel Xeon.
 AMX_EFFICIENCY = 0.25
 
 

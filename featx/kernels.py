@@ -4,27 +4,24 @@ The same numbers can come from different libraries, and which is fastest depends
 
   fc6 / fc7   "gemm": torch's matrix product (MKL on CPU, cuBLAS on GPU), or "onednn": oneDNN's
               linear with the weights packed once. MKL runs its generic, slower code on CPUs
-              that are not Intel's: on a 2-core AMD EPYC an fc7-sized fp32 product reaches
-              117-157 GFLOP/s with MKL and 197-205 with oneDNN (results/bench/amd-epyc.json).
+              that are not Intel's.
   3x3 convs   "channels_last": NHWC tensors (oneDNN underneath), ReLU and max-pooling as torch's
               own ops; "fused": the same convolutions with the ReLU done inside oneDNN's
               convolution (a post-op: one pass over the output instead of two) and the 2x2
               max-pool as the elementwise maximum of four strided views, without the indices
-              torch's max_pool2d computes (on an Intel Xeon with AMX, bfloat16, Q = 384,
-              pooling and ReLU took 17% of the time:
-              results/bench/intel-r-xeon-r-processor-profile-E-384-bf16.txt); or "onednn":
-              oneDNN's blocked layout end to end with weights packed once (no faster where
-              measured; kept as an option for FEATX_KERNELS and the bench).
+              torch's max_pool2d computes; or "onednn": oneDNN's blocked layout end to end with
+              weights packed once (no faster where measured; kept for FEATX_KERNELS and the bench).
 
 The choice follows the CPU, not a timing: fp32 fc layers run on oneDNN on every x86 CPU that is
 not Intel's, on MKL on Intel's (where MKL is tuned) and on other architectures; convolutions
 run "fused" on CPUs with oneDNN, in float32 and in bfloat16 where oneDNN runs it (AVX-512 BW,
-VL and DQ, or AVX-NE-CONVERT; elsewhere bfloat16 gets torch's own kernels). A rule keeps every process on one
+VL and DQ, or AVX-NE-CONVERT; elsewhere bfloat16 gets torch's own kernels). The measurements
+behind the rule are in docs/speed.md and results/bench/. A rule keeps every process on one
 machine on the same kernels, so a resumed run, or a Ray worker beside the driver, gives
 bit-identical descriptors; a timing could flip on a busy host. `measure()` times every
-candidate of each kind (bench/extract.py records it per machine), to check the rule. Every choice gives the reference dense net's descriptors within
-1e-5 relative (tests/test_kernels.py), so it is not part of a cache's provenance. GPUs use
-cuBLAS/cuDNN.
+candidate of each kind (bench/extract.py records it per machine), to check the rule. Every
+choice gives the reference dense net's descriptors within 1e-5 relative (tests/test_kernels.py),
+so it is not part of a cache's provenance. GPUs use cuBLAS/cuDNN.
 
 FEATX_KERNELS="conv=onednn,fc=gemm" (either part alone is fine) overrides the rule on CPUs.
 """

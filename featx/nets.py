@@ -6,9 +6,9 @@ whole image of any size >= 224 px gives a map of fc7 activations; fc8 is kept on
 state_dict keys are torchvision's (`features.N.*`, `classifier.0/3/6.*`).
 
 The fc "convolutions" are computed as what they are, matrix products over all 7x7 windows of
-pool5 (im2col): the same numbers, and on CPUs 1.1-7x faster than oneDNN's direct 7x7
-convolution with 4,096 outputs, which is slowest exactly at the small maps of Q = 256. Which
-library does those products and the 3x3 convolutions is chosen per machine (featx.kernels).
+pool5 (im2col): the same numbers, faster on CPUs than oneDNN's direct 7x7 convolution with
+4,096 outputs (docs/speed.md). Which library does those products and the 3x3 convolutions is
+chosen per machine (featx.kernels).
 """
 from __future__ import annotations
 
