@@ -496,7 +496,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     from .atomic import check_writable
     from .paths import pipelines_dir
     from .pipeline import all_pipelines, matching_pipeline
-    from .results import write_result
+    from .model import write_run
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -524,7 +524,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     result = replace(result, paper=match.paper if match else None, paper_pipeline=match.name if match else None,
                      command=ctx.meta.get("featx.command") or command_of(ctx))
     run_name = run_name or cfg.run_name()
-    paths = write_result(result, results_dir / data.name, run_name)
+    paths = write_run(result, results_dir / data.name, run_name)
     metrics = list(result.runs[0].scores)
     click.echo(f"{'class':<20} " + "  ".join(f"{k:>7}" for k in metrics))
     for c, cls in enumerate(data.classes):

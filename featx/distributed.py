@@ -213,7 +213,7 @@ class RayExtractor:
                                  workers, progress)
         self.device = f"ray ({ray_address(address) or 'local'})"
 
-    # What extract_to_cache reads of an engine: the plan's, unchanged.
+    # featx.update.Engine, what extract_to_cache reads of an engine: the plan's, unchanged.
     spec = property(lambda self: self.plan_of.spec)
     scales = property(lambda self: self.plan_of.scales)
     flip = property(lambda self: self.plan_of.flip)

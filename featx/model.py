@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from .config import DescriptorSpec, FieldError
+from .atomic import check_writable, replacing, write_bytes, write_text
 from .errors import ConfigError
+from .results import write_result
 from .specs import default_weights, get_spec, label_of
 
 FORMAT = "featx-model"
@@ -65,6 +67,28 @@ def model_record(result, trained_on: str) -> dict:
             "C_chosen_by": final.chosen_by if final else "validation of the first split"}
 
 
+def write_run(result, out_dir: Path, run_name: str) -> list[Path]:
+    """A protocol run's files: the results (featx.results.write_result: .csv, .md, .json) and
+    the classifier to deploy (Result.final: fit on every labelled image with the validated C)
+    as <run>.model.json/.npz, which featx predict reads without unpickling, and <run>.joblib,
+    the same scikit-learn Pipeline pickled. The result's .json, written last, holds every
+    other file's SHA-256."""
+    import io
+
+    import joblib
+    out_dir = Path(out_dir)
+    check_writable(out_dir, "--results-dir")
+    final = result.final
+    record = model_record(result, trained_on=final.trained_on if final else result.runs[0].trained_on)
+    model_json, model_npz = save_model(out_dir / run_name, record, final.model if final else result.runs[0].model)
+    model_path = out_dir / f"{run_name}.joblib"
+    buffer = io.BytesIO()
+    joblib.dump(load_model(model_json, device="cpu"), buffer)
+    with replacing(model_path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return write_result(result, out_dir, run_name, beside=(model_json, model_npz, model_path))
+
+
 def save_model(path, record: dict, svm) -> tuple[Path, Path]:
     """Write the model's arrays, then its JSON record holding their SHA-256 and its own
     (featx.atomic: a kill leaves the old pair or a record that refuses the new arrays).
@@ -72,7 +96,6 @@ def save_model(path, record: dict, svm) -> tuple[Path, Path]:
     import io
 
     from . import __version__
-    from .atomic import write_bytes, write_text
     json_path, npz_path = model_paths(path)
     buffer = io.BytesIO()
     np.savez(buffer, coef=svm.coef_, intercept=svm.intercept_, classes=np.asarray(svm.classes_))

@@ -10,7 +10,8 @@ from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
 from .experiment import run
-from .results import load_result, write_result
+from .model import write_run
+from .results import load_result
 from .paths import cache_path
 from .pipeline import Pipeline
 from .options import DEFAULT_BATCH_SIZE
@@ -139,7 +140,7 @@ def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Pat
         result = run(datasets[p.dataset], p.config(solver, device, dtype), cache_dir, log=log)
         result = replace(result, pipeline=p.name, table=p.table, command=command, paper=p.paper,
                          paper_pipeline=p.name)
-        write_result(result, Path(results_dir) / p.dataset, p.name)
+        write_run(result, Path(results_dir) / p.dataset, p.name)
         results[p.name] = result
     return results, skipped
 

@@ -183,20 +183,16 @@ def _versions() -> dict:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
 
-def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
-    """results/<dataset>/<run>.{csv,md,json} and the classifier to deploy (Result.final: fit on
-    every labelled image with the validated C) as <run>.model.json/.npz, which featx predict
-    reads without unpickling, and <run>.joblib, the same scikit-learn Pipeline pickled.
+def write_result(result: Result, out_dir: Path, run_name: str, beside: tuple = ()) -> list[Path]:
+    """results/<dataset>/<run>.{csv,md,json}; `beside`: files the caller wrote next to them
+    for this run (featx.model.write_run: the classifier to deploy), whose SHA-256 the .json
+    records too. Returns every file of the run.
 
     Each file is written atomically (featx.atomic), the .json last, holding the SHA-256 of the
     others: a run killed half-way leaves the old .json, which then names the files that no
     longer match it (check_files), never a truncated file."""
-    import io
-
-    import joblib
     import pandas as pd
-    from .atomic import check_writable, file_digest, replacing, write_text
-    from .model import load_model, model_record, save_model
+    from .atomic import check_writable, file_digest, write_text
 
     check_writable(out_dir, "--results-dir")
     table = pd.DataFrame([{"split": r.split, "class": cls} | {k: float(v[c]) for k, v in r.scores.items()}
@@ -207,18 +203,10 @@ def write_result(result: Result, out_dir: Path, run_name: str) -> list[Path]:
                                  path=json_path)
     csv_path = write_text(out_dir / f"{run_name}.csv", table.to_csv(index=False))
     md_path = write_text(out_dir / f"{run_name}.md", render_markdown(result, table, run_name))
-    final = result.final
-    record = model_record(result, trained_on=final.trained_on if final else result.runs[0].trained_on)
-    model_json, model_npz = save_model(out_dir / run_name, record, final.model if final else result.runs[0].model)
-    model_path = out_dir / f"{run_name}.joblib"
-    buffer = io.BytesIO()
-    joblib.dump(load_model(model_json, device="cpu"), buffer)
-    with replacing(model_path) as tmp:
-        tmp.write_bytes(buffer.getvalue())
-    written = [csv_path, md_path, model_json, model_npz, model_path]
+    written = [csv_path, md_path, *map(Path, beside)]
     result = dataclasses.replace(result, files={p.name: file_digest(p) for p in written})
     write_text(json_path, json.dumps(result.to_json(), indent=2, default=str))
-    return [csv_path, md_path, json_path, model_json, model_npz, model_path]
+    return [csv_path, md_path, json_path, *written[2:]]
 
 
 def check_files(result: Result) -> list[str]:

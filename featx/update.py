@@ -12,7 +12,7 @@ import errno
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -26,6 +26,11 @@ from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIEN
 from .images import target_size
 from .options import DEFAULT_SCALES
 from .specs import label_of
+
+if TYPE_CHECKING:  # torch loads only when an engine computes
+    from .extract import Batch
+    from .specs import Backbone
+    from .weights import Weights
 
 
 @dataclass
@@ -95,7 +100,36 @@ def lock_cache(path: Path) -> FileLock:
     return lock
 
 
-def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name: str = "",
+class Engine(Protocol):
+    """What extract_to_cache needs of an extraction engine. Three implement it:
+    featx.extract.Extractor (this process), featx.distributed.RayExtractor (a Ray cluster's
+    actors, planned here exactly as the local engine plans) and `Planned` (either of them,
+    built the first time a row needs computing)."""
+
+    spec: "Backbone"  # the net
+    scales: tuple  # every Q it computes
+    flip: bool
+    dtype: str  # the compute type
+    dim: int  # the descriptor dimension
+    workers: int  # threads reading images (also for the survey of the image set)
+
+    @property
+    def weights(self) -> "Weights": ...  # resolved source, digest, file checksum
+
+    def provenance(self) -> dict: ...  # what determines the values (a cache's identity)
+
+    def iter_batches(self, images: Sequence, sizes: Sequence, scales=None, skip=None) -> Iterator["Batch"]:
+        """The forward passes for these images (sizes: (h, w) or None each), scale by scale,
+        leaving out the (row, Q) pairs in `skip`, as Batches in any order."""
+
+
+def as_engine(extractor) -> Engine:
+    """An engine, or a function making one (called now). Decided by the class, so nothing of
+    the engine (a property that would read the weights) is evaluated to tell."""
+    return extractor if hasattr(type(extractor), "iter_batches") else extractor()
+
+
+def extract_to_cache(extractor: "Engine | Callable[[], Engine]", items: Sequence, ids: Sequence[str], path, name: str = "",
                      rows=None, strict: bool = False, progress: bool = True,
                      on_batch: Callable | None = None, source: str = "",
                      retry_failed: bool = False) -> Summary:
@@ -129,7 +163,7 @@ def extract_to_cache(extractor, items: Sequence, ids: Sequence[str], path, name:
         raise CacheError(f"cannot write a cache at {path}: {e.strerror or e}") from None
     try:
         fmt.remove_stale_temporaries(path)
-        ex = extractor if hasattr(extractor, "iter_batches") else extractor()
+        ex = as_engine(extractor)
         return _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, on_batch,
                                retry_failed)
     finally:
@@ -142,8 +176,7 @@ def _check_read_only(ex, items, ids, path: Path, rows, progress, retry_failed, e
     in it is changed."""
     start = time.perf_counter()
     cache = fmt.DescriptorCache(path)
-    if not hasattr(ex, "iter_batches"):
-        ex = ex()
+    ex = as_engine(ex)
     diff = fmt.provenance_diff(cache.attrs, _provenance(ex), ex.weights.file_checksum)
     if diff:
         raise CacheError(f"{path} was computed with other settings:\n  " + "\n  ".join(diff))
@@ -222,7 +255,7 @@ class Planned:
     flip, compute type and weights (resolved, not read: their digest is the one featx remembers
     for the file). `build` makes the engine (importing torch, reading the weights) the first
     time a row needs computing, so a cache that is complete is checked in a fraction of a
-    second. Quacks like an Extractor as far as extract_to_cache is concerned."""
+    second. An Engine: what extract_to_cache reads is known without building it."""
 
     def __init__(self, build: Callable, net, scales, weights, preprocess=None, flip: bool = True,
                  dtype: str = "float32", workers=None):

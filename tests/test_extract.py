@@ -120,3 +120,22 @@ def test_the_work_bar_counts_a_scale_planned_in_several_shards_once():
     shards = [(224, [np.arange(0, 4), np.arange(4, 8)]), (224, [np.arange(8, 12)])]  # as the Ray engine cuts them
     with WorkBar(NETS["T"], shards, sizes, flip=True, label="Net-T", enabled=False) as bar:
         assert bar.text() == "Net-T Q=224 0/12 images"
+
+
+def test_the_three_engines_implement_the_engine_protocol():
+    """featx.update.Engine is the contract extract_to_cache reads; each engine has all of it."""
+    from featx.distributed import RayExtractor
+    from featx.update import Engine, Planned, as_engine
+    members = [m for m in dir(Engine) if not m.startswith("_")] + list(Engine.__annotations__)
+    assert {"spec", "scales", "flip", "dtype", "dim", "workers", "weights", "provenance", "iter_batches"} <= set(members)
+    local = Extractor("T", scales=(224,), weights="random:0", device="cpu")
+    planned = Planned(lambda: local, "T", (224,), "random:0")
+    for engine in (local, planned):
+        for m in members:
+            assert hasattr(engine, m), (type(engine).__name__, m)
+    for m in ("provenance", "iter_batches", "weights", "spec", "scales", "flip", "dtype", "dim", "workers"):
+        assert hasattr(RayExtractor, m), m  # its plan's, read through
+    assert as_engine(local) is local and as_engine(lambda: local) is local
+    built = []
+    lazy = Planned(lambda: built.append(1) or local, "T", (224,), "random:0")
+    assert as_engine(lazy) is lazy and not built  # telling an engine from a factory builds nothing
