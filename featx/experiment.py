@@ -13,6 +13,8 @@ A folder or CSV collection without its own splits gets three seeded held-out spl
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -145,6 +147,78 @@ def fit_final(data: Dataset, cfg: Config, desc: Descriptors, runs: list, log=pri
     return FinalModel(C=float(C), chosen_by=how, trained_on=what, samples=len(every), model=model)
 
 
+@dataclass(frozen=True)
+class Split:
+    """One evaluation of a protocol: C chosen by training on `train` and scoring `val`, the
+    SVMs refit on `fit_on` (which holds both) and scored on `evaluated`."""
+
+    number: int | None  # Caltech's split 1, 2, 3; None where there is one
+    train: np.ndarray
+    val: np.ndarray
+    fit_on: np.ndarray
+    evaluated: np.ndarray
+    fit_name: str  # as results name them: "trainval", "trainval2", "train"
+    evaluated_name: str  # "test", "test2", "val"
+    where: str  # the evaluated part, in warnings: "split 2's test"
+    intro: str  # the log line that starts it
+
+
+def _held_out_splits(splits: dict) -> list[Split]:
+    """Caltech (and a folder or CSV without splits of its own): per split k, C chosen on val k."""
+    out, k = [], 1
+    while f"train{k}" in splits:
+        tr, va, tv, te = (splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
+        out.append(Split(k, tr, va, tv, te, f"trainval{k}", f"test{k}", f"split {k}'s test",
+                         f"split {k}: train {len(tr)}, val {len(va)}, test {len(te)}"))
+        k += 1
+    return out
+
+
+def _train_val_test(splits: dict) -> list[Split]:
+    """VOC-2007 (or a CSV with all three): C chosen on val, refit on trainval, scored on test."""
+    tr, va, ev = splits["train"], splits["val"], splits["test"]
+    fit_on = splits["trainval"] if "trainval" in splits else np.union1d(tr, va)
+    return [Split(None, tr, va, fit_on, ev, "trainval", "test", "test",
+                  f"C chosen by training on train ({len(tr)}) and scoring val ({len(va)})")]
+
+
+def _train_then_held_out(splits: dict) -> list[Split]:
+    """VOC-2012 (test labels withheld): C chosen inside train (a seeded 20% held out), refit on
+    train, scored on val; a CSV's train/test likewise."""
+    train = splits["train"]
+    held = np.random.default_rng(0).random(len(train)) < 0.2
+    evaluated = "test" if "test" in splits else "val"
+    tr, va = train[~held], train[held]
+    return [Split(None, tr, va, train, splits[evaluated], "train", evaluated, evaluated,
+                  f"C chosen by training on 80% of train ({len(tr)}) and scoring 20% of train ({len(va)})")]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How a dataset is evaluated, by the shape of its splits: a dataset with a shape below
+    needs no code of its own."""
+
+    name: str
+    fits: Callable[[dict], bool]  # whether a dataset's splits have this shape
+    splits: Callable[[dict], list]  # its evaluations (Split)
+
+
+PROTOCOLS = (
+    Protocol("held-out splits (Caltech)", lambda s: "train1" in s, _held_out_splits),
+    Protocol("train, val, test (VOC-2007)", lambda s: {"train", "val", "test"} <= set(s), _train_val_test),
+    Protocol("train, then val or test (VOC-2012)", lambda s: "train" in s and bool({"val", "test"} & set(s)),
+             _train_then_held_out),
+)
+
+
+def protocol_of(data: Dataset) -> Protocol:
+    for p in PROTOCOLS:
+        if p.fits(data.splits):
+            return p
+    raise ConfigError(f"{data.name} has the splits {', '.join(data.splits)}; featx svm needs "
+                      "train and val/test, or train1/val1/test1...")
+
+
 def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Result:
     """Run the dataset's protocol on the caches featx.paths.cache_path finds (cache_dir, root:
     --cache-dir and --root); the Result holds the trained models of its splits."""
@@ -153,43 +227,15 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
     desc = Descriptors(data, cfg, cache_dir, root, log=log)
     n_classes = len(data.classes)
     runs = []
-    if "train1" in data.splits:  # Caltech, and held-out splits of a folder or CSV collection
-        k = 1
-        while f"train{k}" in data.splits:
-            tr, va, tv, te = (data.splits[f"{s}{k}"] for s in ("train", "val", "trainval", "test"))
-            log(f"split {k}: train {len(tr)}, val {len(va)}, test {len(te)}")
-            _warn_untrained(data, tv, te, f"split {k}'s test", log)
-            Xtv = desc(tv)  # train and val are parts of it: read from the caches once
-            best, grid = _choose_c(cfg, data.task, _subset(Xtv, tv, tr), data.labels[tr],
-                                   _subset(Xtv, tv, va), data.labels[va], n_classes, log)
-            model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(Xtv, data.labels[tv])
-            scores = _score(data.task, model, desc(te), data.labels[te], n_classes)
-            runs.append(SplitRun(k, best, grid, f"trainval{k}", f"test{k}", scores=scores, model=model))
-            k += 1
-    else:
-        splits = data.splits
-        if {"train", "val", "test"} <= set(splits):  # VOC-2007 (or a CSV with all three)
-            tr, va, ev = splits["train"], splits["val"], splits["test"]
-            fit_on = splits["trainval"] if "trainval" in splits else np.union1d(tr, va)
-            names = ("train", "val", "trainval", "test")
-        elif "train" in splits and ({"val", "test"} & set(splits)):
-            # VOC-2012: test withheld -> choose C inside train, report val; a CSV's train/test likewise
-            train = splits["train"]
-            held = np.random.default_rng(0).random(len(train)) < 0.2
-            evaluated = "test" if "test" in splits else "val"
-            tr, va, fit_on, ev = train[~held], train[held], train, splits[evaluated]
-            names = ("80% of train", "20% of train", "train", evaluated)
-        else:
-            raise ConfigError(f"{data.name} has the splits {', '.join(splits)}; featx svm needs "
-                              "train and val/test, or train1/val1/test1...")
-        log(f"C chosen by training on {names[0]} ({len(tr)}) and scoring {names[1]} ({len(va)})")
-        _warn_untrained(data, fit_on, ev, names[3], log)
-        X_fit = desc(fit_on)  # holds the train and validation parts: read once
-        best, grid = _choose_c(cfg, data.task, _subset(X_fit, fit_on, tr), data.labels[tr],
-                               _subset(X_fit, fit_on, va), data.labels[va], n_classes, log)
-        model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(X_fit, data.labels[fit_on])
-        scores = _score(data.task, model, desc(ev), data.labels[ev], n_classes)
-        runs.append(SplitRun(None, best, grid, names[2], names[3], scores=scores, model=model))
+    for split in protocol_of(data).splits(data.splits):
+        log(split.intro)
+        _warn_untrained(data, split.fit_on, split.evaluated, split.where, log)
+        X_fit = desc(split.fit_on)  # holds the train and validation parts: read from the caches once
+        best, grid = _choose_c(cfg, data.task, _subset(X_fit, split.fit_on, split.train), data.labels[split.train],
+                               _subset(X_fit, split.fit_on, split.val), data.labels[split.val], n_classes, log)
+        model = OneVsRestSVM(C=best, solver=cfg.solver, device=cfg.device).fit(X_fit, data.labels[split.fit_on])
+        scores = _score(data.task, model, desc(split.evaluated), data.labels[split.evaluated], n_classes)
+        runs.append(SplitRun(split.number, best, grid, split.fit_name, split.evaluated_name, scores=scores, model=model))
     final = fit_final(data, cfg, desc, runs, log)
     headline = [100 * _headline(data.task, r.scores) for r in runs]
     # the result records how the caches were computed (preprocessing, flip), not only what was asked

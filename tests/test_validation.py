@@ -103,3 +103,28 @@ def test_the_dry_run_refuses_a_weights_file_that_does_not_exist(tmp_path):
     r = CliRunner().invoke(main, ["reproduce", "table11", "--dry-run", "--local-weights",
                                   f"E=caffe:{tmp_path / 'missing.pth'}"])
     assert r.exit_code != 0 and f"{tmp_path / 'missing.pth'} is not a file" in r.output
+
+
+def test_a_dataset_is_evaluated_by_the_protocol_its_splits_shape_says():
+    from types import SimpleNamespace
+
+    from featx.experiment import PROTOCOLS, protocol_of
+    a = np.arange(10)
+    caltech = {f"{s}{k}": part for k in (1, 2, 3)
+               for s, part in (("train", a[:3]), ("val", a[3:5]), ("trainval", a[:5]), ("test", a[5:]))}
+    voc07 = {"train": a[:4], "val": a[4:8], "trainval": a[:8], "test": a[8:]}
+    voc12 = {"train": a[:8], "val": a[8:]}
+    for splits, name, n, names in ((caltech, "held-out", 3, ("trainval2", "test2")),
+                                   (voc07, "VOC-2007", 1, ("trainval", "test")),
+                                   (voc12, "VOC-2012", 1, ("train", "val"))):
+        p = protocol_of(SimpleNamespace(name="x", splits=splits))
+        assert p in PROTOCOLS and name in p.name
+        runs = p.splits(splits)
+        assert len(runs) == n and (runs[-2] if n > 1 else runs[0]).fit_name == names[0]
+        assert (runs[-2] if n > 1 else runs[0]).evaluated_name == names[1]
+        for r in runs:  # C is chosen inside what the SVMs are refit on, never on what is scored
+            assert set(r.train) | set(r.val) <= set(r.fit_on) and not set(r.fit_on) & set(r.evaluated)
+    held = PROTOCOLS[2].splits(voc12)[0]
+    assert len(held.val) == int((np.random.default_rng(0).random(8) < 0.2).sum())  # the seeded 20%
+    with pytest.raises(ConfigError, match="x has the splits all; featx svm needs train and val/test"):
+        protocol_of(SimpleNamespace(name="x", splits={"all": a}))
