@@ -289,19 +289,18 @@ def weights_for(record: ModelRecord, local: dict | None = None) -> dict:
     caffe) from torch's hub cache, or else from a file featx has loaded on this machine with the
     same tensors (featx.weights.find_file); random:N as itself; weights that came from a file,
     such a file. Otherwise a ConfigError saying which weights to give."""
-    from .weights import CAFFE_URLS, TORCHVISION_URLS, describe_weights, find_file, hub_path
+    from .weights import NAMED_SOURCES, WEIGHT_SOURCES, describe_weights, find_file
     out = {}
     for net, w in record.weights.items():
         source, digest = w.source, w.digest
         if (local or {}).get(net):
             given = str(local[net])
-            out[net] = f"{source}:{given}" if source in ("torchvision", "caffe") else given
+            out[net] = f"{source}:{given}" if source in NAMED_SOURCES else given
         elif w.given is not None:  # format 1
             out[net] = w.given
-        elif source in ("torchvision", "caffe"):
-            urls = TORCHVISION_URLS if source == "torchvision" else CAFFE_URLS
-            url = urls.get(record_arch(net))
-            found = None if url and hub_path(url).is_file() or not digest else find_file(digest, record_arch(net))
+        elif source in NAMED_SOURCES:
+            published = WEIGHT_SOURCES.get((source, record_arch(net)))
+            found = None if published and published.file.is_file() or not digest else find_file(digest, record_arch(net))
             out[net] = f"{source}:{found}" if found else source
         elif source != "file":
             out[net] = source

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError, WeightsError
 from .specs import NETS
-from .weights import TORCHVISION, Preprocess, _load_pth, random_source, resolve_vgg_weights
+from .weights import NAMED_SOURCES, TORCHVISION, Preprocess, _load_pth, random_source, resolve_vgg_weights
 
 # timm's VGGs that featx's own VGG weight sources fit (same tensors, another layout)
 VGG_NETS = {"vgg16": "D", "vgg19": "E"}
@@ -163,7 +163,7 @@ class TimmSpec:
         text = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else ""
         source, _, local = text.partition(":")
         own = self.preprocess()
-        if source in ("torchvision", "caffe") or Path(text).suffix.lower() in (".h5", ".hdf5"):
+        if source in NAMED_SOURCES or Path(text).suffix.lower() in (".h5", ".hdf5"):
             if self.base not in VGG_NETS:
                 raise WeightsError(f"{text} weights are VGG weights; {self.name} takes timm (timm's "
                                    "pretrained weights, the default), random[:SEED] or a timm state_dict file")

@@ -66,17 +66,50 @@ TORCHVISION = Preprocess("torchvision", "RGB", 1.0, (0.485, 0.456, 0.406), (0.22
 CAFFE = Preprocess("caffe", "BGR", 255.0, (103.939, 116.779, 123.68))
 PREPROCESS = {p.name: p for p in (TORCHVISION, CAFFE)}
 
-# torchvision's own URLs (the same as VGG16_Weights.IMAGENET1K_V1.url); file names carry a
-# sha256 prefix that torch.hub verifies on download.
-TORCHVISION_URLS = {
-    "vgg16": "https://download.pytorch.org/models/vgg16-397923af.pth",
-    "vgg19": "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth",
-}
-# The authors' Caffe models converted to torchvision layout by J. Johnson (pytorch-vgg).
-CAFFE_URLS = {
-    "vgg16": "https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth",
-    "vgg19": "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth",
-}
+@dataclass(frozen=True)
+class WeightSource:
+    """One published set of weights for one architecture and what featx needs to use it right
+    (as timm's PretrainedCfg): where it is, whether the download is hash-checked, how images
+    are prepared for it, who made it and under which terms."""
+
+    source: str  # its name on the command line: "torchvision", "caffe"
+    arch: str  # "vgg16", "vgg19"
+    url: str  # fetched once into torch's hub cache (`file`)
+    preprocess: Preprocess
+    hash_checked: bool  # the file name carries a sha256 prefix that torch.hub verifies on download
+    origin: str
+    licence: str
+
+    @property
+    def file(self) -> Path:
+        return hub_path(self.url)
+
+
+_TORCHVISION_ORIGIN = "torchvision's IMAGENET1K_V1 weights (the same URL as VGG16_Weights.IMAGENET1K_V1.url)"
+_CAFFE_ORIGIN = ("the authors' Caffe release (robots.ox.ac.uk/~vgg/research/very_deep), converted to "
+                 "torchvision's layout by J. Johnson (github.com/jcjohnson/pytorch-vgg)")
+WEIGHT_SOURCES = {(w.source, w.arch): w for w in (
+    WeightSource("torchvision", "vgg16", "https://download.pytorch.org/models/vgg16-397923af.pth", TORCHVISION,
+                 True, _TORCHVISION_ORIGIN, "BSD-3-Clause (torchvision's)"),
+    WeightSource("torchvision", "vgg19", "https://download.pytorch.org/models/vgg19-dcbb9e9d.pth", TORCHVISION,
+                 True, _TORCHVISION_ORIGIN, "BSD-3-Clause (torchvision's)"),
+    # the conversions' names follow another convention than torch.hub's sha256 prefix
+    WeightSource("caffe", "vgg16", "https://web.eecs.umich.edu/~justincj/models/vgg16-00b39a1b.pth", CAFFE,
+                 False, _CAFFE_ORIGIN, "CC BY 4.0 (the authors' release)"),
+    WeightSource("caffe", "vgg19", "https://web.eecs.umich.edu/~justincj/models/vgg19-d01eb7cb.pth", CAFFE,
+                 False, _CAFFE_ORIGIN, "CC BY 4.0 (the authors' release)"),
+)}
+# The named sources, each with its own preprocessing (also for "SOURCE:FILE", a local copy)
+NAMED_SOURCES = {w.source: w.preprocess for w in WEIGHT_SOURCES.values()}
+
+
+def weight_source(source: str, arch: str) -> WeightSource:
+    try:
+        return WEIGHT_SOURCES[(source, arch)]
+    except KeyError:
+        raise WeightsError(f"no {source} weights are published for {arch}") from None
+
+
 KERAS_FILES = {
     "vgg16": "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
     "vgg19": "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
@@ -161,7 +194,7 @@ def weights_tag(weights) -> str:
     "caffe:FILE" / "torchvision:FILE" (a local copy of a named source) are tagged as the source."""
     text = str(weights)
     name, _, rest = text.partition(":")
-    if name in ("torchvision", "caffe"):
+    if name in NAMED_SOURCES:
         return name
     if name == "random":
         return f"random-{rest or 0}"
@@ -223,8 +256,8 @@ def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
     state_dict) of a weight source; the file of a named source is torch's hub copy, fetched by
     the reader if absent."""
     source, _, local = str(weights).partition(":") if isinstance(weights, (str, Path)) else ("", "", "")
-    if source in ("torchvision", "caffe"):
-        fixed = PREPROCESS[source]
+    if source in NAMED_SOURCES:
+        fixed = NAMED_SOURCES[source]
         if chosen is not None and chosen != fixed:
             raise WeightsError(f"{source} weights are trained with {source} preprocessing; "
                                f"preprocess={preprocess!r} would feed them wrongly prepared images")
@@ -233,13 +266,9 @@ def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
             if not path.is_file():
                 raise WeightsError(f"weights file {path} does not exist (given as {weights})")
             return source, path, fixed, lambda: _load_weights_file(path, spec)
-        urls = TORCHVISION_URLS if source == "torchvision" else CAFFE_URLS
-        if spec.arch not in urls:
-            raise WeightsError(f"no {source} weights are published for {spec.arch}")
-        # torchvision's files carry a sha256 prefix in their name; the Caffe conversions' names
-        # follow another convention, so only the former are hash-checked on download.
-        return source, hub_path(urls[spec.arch]), fixed, lambda: _load_pth(
-            _fetch(urls[spec.arch], check_hash=source == "torchvision", progress=progress))
+        published = weight_source(source, spec.arch)
+        return source, published.file, fixed, lambda: _load_pth(
+            _fetch(published.url, check_hash=published.hash_checked, progress=progress))
     if source == "random":
         return random_source(spec, weights, local, chosen or TORCHVISION)
     path = Path(weights).expanduser()

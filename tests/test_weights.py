@@ -210,3 +210,19 @@ def test_extractors_of_the_same_weights_share_one_net_and_lazy_ones_read_nothing
     b = Extractor("T", scales=(224, 256), weights=path, preprocess="caffe", device="cpu", batch_size=2)
     assert len(reads) == 1 and a.model is b.model and lazy.model is a.model
     assert lazy.weights.digest == a.weights.digest
+
+
+def test_one_record_per_published_weight_source():
+    from featx.nets import NETS
+    from featx.weights import CAFFE, NAMED_SOURCES, PREPROCESS, WEIGHT_SOURCES, weight_source
+    assert set(WEIGHT_SOURCES) == {(s, n.arch) for s in ("torchvision", "caffe") for n in NETS.values()
+                                   if n.arch in ("vgg16", "vgg19")}
+    for (source, arch), w in WEIGHT_SOURCES.items():
+        assert (w.source, w.arch) == (source, arch) and w.preprocess is PREPROCESS[source] is NAMED_SOURCES[source]
+        assert w.url.startswith("https://") and arch in w.url and w.licence and w.origin
+        assert w.file.name == w.url.rsplit("/", 1)[1] and w.file.parent.name == "checkpoints"
+        # torch.hub checks a download against the sha256 prefix in the name: torchvision's only
+        assert w.hash_checked == (source == "torchvision")
+    assert weight_source("caffe", "vgg19").preprocess == CAFFE
+    with pytest.raises(WeightsError, match="no caffe weights are published for tiny"):
+        weight_source("caffe", "tiny")
