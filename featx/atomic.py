@@ -9,6 +9,7 @@ is one OutputError naming the path and saying what was kept.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,7 +77,6 @@ def replacing(path, reserve: bool = False, kept: str | None = None):
 
 def file_digest(path, algorithm: str = "sha256", block: int = 1 << 22) -> str:
     """The hex digest of a file's bytes (what sha256sum / md5sum print), read in blocks."""
-    import hashlib
     digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(block):

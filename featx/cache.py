@@ -39,7 +39,10 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from .atomic import replacing
 from .errors import CacheError
+from .specs import get_spec
+from .weights import weights_tag
 
 FORMAT = 3
 TODO, DONE, FAILED = 0, 1, 2
@@ -59,8 +62,6 @@ def cache_file(folder, net: str, weights, dtype: str = "float32") -> Path:
     """Where an image set's cache for one net and weight source lives: FOLDER/<net>-<weights>.h5
     (timm:MODEL is timm-MODEL), or FOLDER/<net>-<weights>-<dtype>.h5 for descriptors computed in another type than float32,
     so that the two live side by side (a file never mixes types)."""
-    from .specs import get_spec
-    from .weights import weights_tag
     name = get_spec(net).file_name  # "E", "timm-resnet50"
     return Path(folder) / f"{name}-{weights_tag(weights)}{'' if dtype == 'float32' else '-' + dtype}.h5"
 
@@ -395,7 +396,6 @@ def _no_space(path: Path, e: OSError) -> CacheError:
 def _replace_with(path: Path, build) -> None:
     """Make the file's new structure in a temporary copy (build(tmp)), reserve its blocks on
     disk, and swap it in atomically (featx.atomic): a crash or a full disk leaves the old file whole."""
-    from .atomic import replacing
     with replacing(path, reserve=True, kept="every row already committed is kept") as tmp:
         build(tmp)
 

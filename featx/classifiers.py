@@ -10,6 +10,7 @@ and s_i = 0 for samples marked 0 (VOC 'difficult') for that class.
 from __future__ import annotations
 
 import math
+import warnings
 from numbers import Integral, Real
 
 import numpy as np
@@ -18,7 +19,6 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from .errors import ConfigError
 from .options import SOLVERS
-
 
 
 def _targets(y):
@@ -113,7 +113,6 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X, y):
-        import warnings
 
         from sklearn.exceptions import DataConversionWarning
         from sklearn.utils.multiclass import check_classification_targets

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import ConfigError
-from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES,
-                      PREPROCESS_NAMES, SETTINGS, SOLVERS)
+from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES, PREPROCESS_NAMES,
+                      SETTINGS, SOLVERS)
+from .paths import cache_path
 from .specs import NETS, check_scales, default_weights, get_spec
 
 
@@ -155,7 +156,6 @@ class DescriptorSpec(_Checked):
     def cache_path(self, net: str, images, cache_dir=None, root=None):
         """Where featx extract keeps this descriptor's cache of `net` for an image set
         (featx.paths.cache_path: by the net, its weights and the compute type)."""
-        from .paths import cache_path
         return cache_path(images, net, self.weights[net], self.dtype, cache_dir, root)
 
     def nets_name(self) -> str:

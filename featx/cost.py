@@ -2,13 +2,17 @@
 time estimate from a throughput rate (measured here, or given)."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .images import target_size
+from .images import read_sizes, target_size
+from .kernels import best_rate, conv_rates, cpu_info, onednn_linear
+from . import paths
+from .specs import get_spec
 
 if TYPE_CHECKING:
     from .specs import Backbone
@@ -17,7 +21,6 @@ if TYPE_CHECKING:
 def forward_flops(spec: Backbone | str, h: int, w: int) -> int:
     """2 x multiply-adds of one forward pass on an h x w input, as the backbone counts them
     (VGG: from its layer shapes)."""
-    from .specs import get_spec
     return get_spec(spec).forward_flops(h, w)
 
 
@@ -34,7 +37,6 @@ def ceiling_rates(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
     AMD CPUs)."""
     import torch
     import torch.nn.functional as F
-    from .kernels import _best_rate, conv_rates, onednn_linear
     device = torch.device(device)
     dtype = dtype or torch.float32
     gen = torch.Generator().manual_seed(0)
@@ -44,8 +46,8 @@ def ceiling_rates(n: int = 2048, repeats: int = 3, device="cpu", dtype=None) -> 
 
     def timed(fn):
         if device.type != "cuda":
-            return _best_rate(fn, flops, repeats)
-        return _best_rate(lambda: (fn(), torch.cuda.synchronize(device)), flops, repeats)
+            return best_rate(fn, flops, repeats)
+        return best_rate(lambda: (fn(), torch.cuda.synchronize(device)), flops, repeats)
 
     with torch.inference_mode():
         rates = {"torch.mm": timed(lambda: torch.mm(a, b))}
@@ -80,7 +82,6 @@ AMX_EFFICIENCY = 0.25
 
 def extraction_efficiency(device: str, dtype: str = "float32") -> float:
     """The fraction of the measured ceiling to expect from a whole extraction (for estimates)."""
-    from .kernels import cpu_info
     if str(device).startswith("cpu") and dtype == "bfloat16" and "amx_bf16" in cpu_info().flags:
         return AMX_EFFICIENCY
     return CPU_EFFICIENCY
@@ -122,13 +123,9 @@ def cache_rate(path, net: str, device_name: str, flip: bool = True) -> Rate | No
 def bench_rate(dtype: str = "float32", device="cpu") -> Rate | None:
     """The committed bench/extract.py figures of this CPU model (results/bench/<cpu>.json in a
     checkout): the median rate of featx's own kernel choice in this compute type."""
-    import json
-
-    from .kernels import cpu_info
-    from .paths import bench_figures
     if not str(device).startswith("cpu"):
         return None
-    path = bench_figures() / f"{cpu_info().slug}.json"
+    path = paths.bench_figures() / f"{cpu_info().slug}.json"
     try:
         rows = [r for r in json.loads(path.read_text())["rows"]
                 if r.get("dtype") == dtype and "auto" in str(r.get("how", "")) and r.get("gflops")]
@@ -170,7 +167,6 @@ def extraction_cost(net: str, items, ids, scales, cache_path: Path, rows=None,
     (Images changed since their rows were computed are counted as done: a dry run reads no
     image files it need not.)"""
     from .cache import DONE, DescriptorCache
-    from .images import read_sizes
 
     rows = np.arange(len(items)) if rows is None else np.asarray(rows, dtype=np.int64)
     sizes = np.full((len(items), 2), -1)

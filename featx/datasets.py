@@ -14,16 +14,18 @@ seen as the whole image and as the person's box (`views`).
 from __future__ import annotations
 
 import csv
+import io
 import os
 import urllib.error
 import urllib.request
 import xml.etree.ElementTree as ET
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .atomic import file_digest, write_text
 from .errors import DatasetError
 from .images import IMAGE_EXTENSIONS, Crop
 from .paths import data_root, image_set_key, shipped_splits
@@ -150,7 +152,6 @@ class Dataset:
 
 def load_dataset(name: str, root=None) -> Dataset:
     """A benchmark under the data root, folder:DIR (a folder per class) or csv:FILE."""
-    from dataclasses import replace
     if name.startswith("folder:"):
         return load_class_folders(Path(name[len("folder:"):]))
     if name.startswith("csv:"):
@@ -388,9 +389,7 @@ def numbered_splits(labels, classes, n_splits: int = N_SPLITS, where=None) -> di
 
 
 def write_split(path: Path, split: dict):
-    import io
 
-    from .atomic import write_text
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(["id", "subset"])
@@ -581,5 +580,4 @@ def _fetch_resumable(url: str, dest: Path, progress: bool, tqdm):
 
 
 def _md5(path: Path) -> str:
-    from .atomic import file_digest
     return file_digest(path, "md5")

@@ -21,11 +21,12 @@ import numpy as np
 from .aggregate import combine, fuse, l2_normalize
 from .cache import DescriptorCache
 from .classifiers import OneVsRestSVM
+from .config import Config
 from .datasets import Dataset
 from .errors import CacheError, ConfigError
+from .identity import check_current
 from .metrics import metric_of, nanmean
 from .results import FinalModel, Result, SplitRun
-from .config import Config
 from .specs import label_of
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",
@@ -40,7 +41,6 @@ class Descriptors:
     recomputes them). cache_dir, root: as for featx.paths.cache_path."""
 
     def __init__(self, data: Dataset, cfg: Config, cache_dir=None, root=None, log=print):
-        from .identity import check_current
         from .update import extract_command
         self.data, self.cfg = data, cfg
         self.hint = extract_command(data, cfg.nets, cfg.scales, cfg.weights, cfg.preprocess, cfg.dtype,

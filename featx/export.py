@@ -29,9 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from .aggregate import combine
-from .options import AGGREGATIONS
+from . import atomic
 from .cache import DescriptorCache, usable_rows
 from .errors import CacheError, ConfigError
+from .options import AGGREGATIONS
 
 FORMATS = ("parquet", "npy")
 PROVENANCE_KEYS = ("net", "arch", "dim", "weights", "weights_digest", "preprocess", "flip", "dtype",
@@ -135,20 +136,17 @@ def write_export(caches: dict, out, images=None, scales=None, aggregate: str | N
     try:
         writer(out, meta, dims, chunks(), provenance, keep, caches)
     except OSError as e:  # a full disk, a read-only folder: the temporaries are gone
-        from .atomic import write_error
-        raise write_error(out, e) from None
+        raise atomic.write_error(out, e) from None
     return ExportSummary(out, len(keep), list(meta) + list(dims), skipped)
 
 
 def _tmp(path: Path) -> Path:
-    from .atomic import temporary
-    return temporary(path)
+    return atomic.temporary(path)
 
 
 def _replace(tmp: Path, path: Path) -> None:
     """fsync and rename into place (featx.atomic): a reader sees the old file or the whole new one."""
-    from .atomic import commit
-    commit(tmp, path)
+    atomic.commit(tmp, path)
 
 
 def _write_parquet(out, meta, dims, chunks, provenance, keep, caches):

@@ -29,8 +29,9 @@ from tqdm.auto import tqdm
 
 from .cost import descriptor_flops
 from .errors import ConfigError, ImageError
-from .images import as_images, decode_threads, load_resized, name_of, read_size, target_size
-from .kernels import Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info, onednn_refusal, parse_kernels
+from .images import as_images, decode_threads, load_resized, name_of, read_size, read_sizes, target_size
+from .kernels import (Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info, onednn_refusal,
+                      parse_kernels)
 from .options import COMPUTE_TYPES, DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
 from .specs import check_scales, get_spec
 from .weights import load_weights
@@ -302,7 +303,6 @@ class Extractor:
     def extract_readable(self, images: Sequence) -> tuple[np.ndarray, dict]:
         """As `extract`, but an image that cannot be read is its own failure, not the call's:
         (descriptors with NaN rows for those, {index: reason})."""
-        from .images import read_sizes
         images = as_images(images)
         sizes, failures = read_sizes(images, self.workers)
         out = np.full((len(images), len(self.scales), self.dim), np.nan, np.float32)

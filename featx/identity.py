@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, ImageError
+from .atomic import file_digest
+from .errors import CacheError, ConfigError, ImageError
 from .images import Crop, name_of, read_size
 from .specs import label_of
 
@@ -68,7 +70,6 @@ def signature(item) -> tuple[int, int, int] | None:
 
 def digest(item) -> str:
     """SHA-256 of the item's encoded bytes, as hex (sha256sum's). Raises OSError if unreadable."""
-    from .atomic import file_digest
     path = file_of(item)
     if path is None:
         return hashlib.sha256(bytes(item)).hexdigest()
@@ -148,7 +149,6 @@ def survey(items, ids, record: Record | None, retry_failed: bool = False, read_s
     descriptors will be computed (new, changed, retried), as the writer needs; a reader passes
     False. rows: look at these rows of the set only (the rows a reader will use).
     """
-    from concurrent.futures import ThreadPoolExecutor
     from tqdm.auto import tqdm
 
     n = len(items)
@@ -243,7 +243,6 @@ def check_current(cache, items, ids, rows, hint: str, log=print) -> None:
     """Refuse (CacheError, with `hint`: the command that recomputes them) a cache's descriptors
     of images of the set (among `rows`) that changed or are gone since they were computed. A
     cache made before featx 0.6 records no images: `log` says so, and nothing is refused."""
-    from .errors import CacheError
     if not cache.identified:
         log(f"note: {cache.path} was written by featx {cache.attrs.get('featx_version')}, before caches "
             "recorded each image's identity, so changed images cannot be told; featx extract "

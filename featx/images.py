@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,7 +250,6 @@ def read_sizes(items, workers: int = 4, progress: bool = False, desc: str = "rea
     """Upright (h, w) of every item from its header, in threads: (sizes, {index: reason}).
 
     An unreadable item's size is None and its reason is recorded; nothing is raised."""
-    from concurrent.futures import ThreadPoolExecutor
     from tqdm.auto import tqdm
 
     sizes, errors = [None] * len(items), {}

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +143,7 @@ def measure(dtype) -> dict:
     return fc_rates(dtype) | conv_rates(dtype)
 
 
-def _best_rate(fn, flops: float, repeats: int = 3) -> float:
+def best_rate(fn, flops: float, repeats: int = 3) -> float:
     fn()  # warm-up: oneDNN builds its primitive here
     best = float("inf")
     for _ in range(repeats):
@@ -163,10 +164,10 @@ def fc_rates(dtype, rows: int = 128, n: int = 4096) -> dict:
     b = torch.zeros(n, dtype=dtype)
     flops = 2.0 * rows * n * n
     with torch.inference_mode():
-        rates = {"fc:gemm": _best_rate(lambda: F.linear(x, w, b), flops)}
+        rates = {"fc:gemm": best_rate(lambda: F.linear(x, w, b), flops)}
         if not onednn_refusal(dtype):
             packed = onednn_linear(w, b)
-            rates["fc:onednn"] = _best_rate(lambda: packed(x), flops)
+            rates["fc:onednn"] = best_rate(lambda: packed(x), flops)
         return rates
 
 
@@ -181,11 +182,11 @@ def conv_rates(dtype, batch: int = 2, channels: int = 256, side: int = 56) -> di
     x = torch.randn(batch, channels, side, side).to(dtype).contiguous(memory_format=torch.channels_last)
     flops = 2 * 2.0 * batch * channels * channels * 9 * side * side
     with torch.inference_mode():
-        rates = {"conv:channels_last": _best_rate(lambda: block(x), flops)}
+        rates = {"conv:channels_last": best_rate(lambda: block(x), flops)}
         if not onednn_refusal(dtype):
             blocked, fused = to_onednn_convs(block), to_fused_convs(block)
-            rates["conv:fused"] = _best_rate(lambda: fused(x), flops)
-            rates["conv:onednn"] = _best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)
+            rates["conv:fused"] = best_rate(lambda: fused(x), flops)
+            rates["conv:onednn"] = best_rate(lambda: blocked(x.to_mkldnn()).to_dense(), flops)
         return rates
 
 
@@ -317,7 +318,6 @@ class CpuInfo:
     @property
     def slug(self) -> str:
         """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of this CPU's bench figures."""
-        import re
         return re.sub(r"[^a-z0-9]+", "-", self.model.lower()).strip("-") or "unknown-cpu"
 
 

@@ -15,19 +15,25 @@ so `featx predict` never unpickles anything: a model file from someone else cann
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .config import DescriptorSpec, FieldError
+from . import __version__
+from .aggregate import combine
 from .atomic import check_writable, replacing, write_bytes, write_text
+from .config import DescriptorSpec, FieldError
+from .descriptor import Descriptor
 from .errors import ConfigError
+from .paths import cache_path
 from .results import write_result
 from .specs import default_weights, get_spec, label_of
+from .weights import NAMED_SOURCES, WEIGHT_SOURCES, describe_weights, find_file
 
 FORMAT = "featx-model"
 FORMAT_VERSION = 2  # 2 (featx 0.7): weights by source and digest, the final fit; 1 is read too
@@ -73,8 +79,6 @@ def write_run(result, out_dir: Path, run_name: str) -> list[Path]:
     as <run>.model.json/.npz, which featx predict reads without unpickling, and <run>.joblib,
     the same scikit-learn Pipeline pickled. The result's .json, written last, holds every
     other file's SHA-256."""
-    import io
-
     import joblib
     out_dir = Path(out_dir)
     check_writable(out_dir, "--results-dir")
@@ -93,9 +97,6 @@ def save_model(path, record: dict, svm) -> tuple[Path, Path]:
     """Write the model's arrays, then its JSON record holding their SHA-256 and its own
     (featx.atomic: a kill leaves the old pair or a record that refuses the new arrays).
     record: descriptor and classes (see module doc)."""
-    import io
-
-    from . import __version__
     json_path, npz_path = model_paths(path)
     buffer = io.BytesIO()
     np.savez(buffer, coef=svm.coef_, intercept=svm.intercept_, classes=np.asarray(svm.classes_))
@@ -252,7 +253,6 @@ def read_model_record(path) -> ModelRecord:
 def read_arrays(record: ModelRecord) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(coef, intercept, classes) from the record's .npz, checked against the record: its
     checksum, shapes, finite float coefficients, class indices into the record's classes."""
-    import io
     npz_path = record.path.with_name(record.arrays)
     try:
         data = npz_path.read_bytes()
@@ -289,7 +289,6 @@ def weights_for(record: ModelRecord, local: dict | None = None) -> dict:
     caffe) from torch's hub cache, or else from a file featx has loaded on this machine with the
     same tensors (featx.weights.find_file); random:N as itself; weights that came from a file,
     such a file. Otherwise a ConfigError saying which weights to give."""
-    from .weights import NAMED_SOURCES, WEIGHT_SOURCES, describe_weights, find_file
     out = {}
     for net, w in record.weights.items():
         source, digest = w.source, w.digest
@@ -318,7 +317,6 @@ def weights_for(record: ModelRecord, local: dict | None = None) -> dict:
 
 
 def record_arch(net: str) -> str:
-    from .specs import get_spec
     return get_spec(net).arch
 
 
@@ -363,7 +361,6 @@ def read_model(path, device="auto", weights: dict | None = None) -> SavedModel:
 
     weights: {net: FILE}, local copies of the weights the model was trained with (featx
     predict --weights); checked against the record's digest when they are first used."""
-    from .descriptor import Descriptor
     record = read_model_record(path)
     coef, intercept, classes = read_arrays(record)
     descriptor = Descriptor(nets=record.nets, scales=record.scales, aggregate=record.aggregate,
@@ -375,8 +372,6 @@ def read_model(path, device="auto", weights: dict | None = None) -> SavedModel:
 def load_model(path, device="auto", weights: dict | None = None):
     """The fitted scikit-learn Pipeline (VGGDescriptor -> OneVsRestSVM) saved at path; weights
     as for read_model."""
-    from dataclasses import asdict
-
     from sklearn.pipeline import Pipeline
 
     from .classifiers import OneVsRestSVM
@@ -455,9 +450,7 @@ def scores_of_image_set(model: SavedModel, images, cache_dir=None, root=None, de
 
     Returns (ids, scores (n, n_classes) or (n,) for two classes, {id: reason} for the images
     that could not be read)."""
-    from .aggregate import combine
     from .cache import DescriptorCache, usable_rows
-    from .paths import cache_path
     from .update import update_caches
 
     r = model.record

@@ -20,12 +20,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import Config, DescriptorSpec, FieldError, ProtocolSpec
 from .datasets import DATASETS
 from .errors import ConfigError
-from .config import Config, DescriptorSpec, FieldError, ProtocolSpec
 from .metrics import METRICS
 from .options import DEFAULT_C_GRID
 from .paths import pipelines_dir  # noqa: F401  (featx.pipeline.pipelines_dir, as before)
+from .weights import weights_tag
 
 TABLES = ("table11", "table12", "ablation")
 FIELDS = {"table", "row", "dataset", "nets", "weights", "scales", "aggregate", "setting", "c_grid",
@@ -152,7 +153,6 @@ def select(targets, folder: Path) -> list[Pipeline]:
 def matching_pipeline(cfg: Config, pipelines: list[Pipeline]) -> Pipeline | None:
     """The pipeline (so the paper's figure) whose configuration this is: same dataset, nets,
     scales, aggregation, setting and weight sources; None if the paper has no such row."""
-    from .weights import weights_tag
 
     def key(dataset, d: DescriptorSpec):
         return (dataset, tuple(sorted(d.nets)), tuple(sorted(d.scales)), d.aggregate, d.setting,

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import check_writable, replacing, write_text
 from .datasets import DATASETS
+from .errors import FeatxError
 from .metrics import METRICS, Metric
 from .pipeline import Pipeline
-from .results import Result, read_result
+from .results import Result, check_files, read_result
 from .specs import label_of
+from .weights import describe_weights
 
 BENCH_FIGURES = "bench"  # RESULTS_DIR/bench: benchmark figures per machine, not protocol runs
 
@@ -26,7 +29,6 @@ TABLE_TITLES = {
 
 def weights_notes(result: Result) -> list[str]:
     """What the weights of each net were, where featx knows them by content."""
-    from .weights import describe_weights
     notes = []
     for net, made in (result.descriptors or {}).items():
         what = describe_weights(made.get("weights_digest")) or describe_weights(made.get("weights_sha256"))
@@ -135,7 +137,6 @@ def per_class_figure(csv_path: Path, out: Path, title: str, metric: Metric) -> P
 def _save(fig, out: Path) -> None:
     """A figure written whole or not at all (featx.atomic)."""
     import matplotlib.pyplot as plt
-    from .atomic import replacing
     try:
         with replacing(out) as tmp:
             fig.savefig(tmp, dpi=100, format="png")
@@ -167,8 +168,6 @@ def ablation_figure(dataset: str, bars: list[tuple[str, float, float | None]], o
 def usable_result(path: Path, log) -> Result | None:
     """The result at path, or None (and a line through log) where it cannot be shown: it does
     not parse, or the files beside it are not those written with it (an interrupted run)."""
-    from .errors import FeatxError
-    from .results import check_files
     try:
         result = read_result(path)
         problems = check_files(result)
@@ -187,7 +186,6 @@ def write_report(results_dir: Path, pipelines: list[Pipeline], log=print) -> Pat
     """Write results_dir/README.md and results_dir/figures/*.png from the result files there.
     A result that cannot be read, or whose files are not one run's, is left out (its row says
     not run) and named through log; the others are reported."""
-    from .atomic import check_writable, write_text
     results_dir = Path(results_dir)
     figures = results_dir / "figures"
     kept = f"{results_dir / 'README.md'} is kept as it was"

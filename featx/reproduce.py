@@ -11,11 +11,11 @@ from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
 from .experiment import run
 from .model import write_run
-from .results import load_result
+from .options import DEFAULT_BATCH_SIZE
 from .paths import cache_path
 from .pipeline import Pipeline
-from .options import DEFAULT_BATCH_SIZE
-from .specs import label_of
+from .results import load_result
+from .specs import get_spec, label_of
 from .update import update_caches
 
 # VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
@@ -52,7 +52,6 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
 
 def parse_local_weights(text: str | None) -> dict:
     """--local-weights "E=caffe:vgg19_caffe.pth,D=caffe:vgg16.pth" -> {"E": "caffe:vgg19_caffe.pth", ...}."""
-    from .specs import get_spec
     files = {}
     for part in filter(None, (text or "").split(",")):
         net, _, value = part.partition("=")

@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from .atomic import check_writable, file_digest, write_text
 from .config import Config
 from .errors import ConfigError
+from .kernels import cpu_info
 from .metrics import Metric, metric_of, nanmean
-
-
 
 
 @dataclass
@@ -174,8 +175,6 @@ def load_result(results_dir: Path, dataset: str, name: str) -> Result | None:
 def _versions() -> dict:
     import sklearn
     import torch
-    from . import __version__
-    from .kernels import cpu_info
     cpu = cpu_info()  # speed and bfloat16 rounding depend on it: every result names it
     return {"featx": __version__, "torch": torch.__version__, "scikit-learn": sklearn.__version__,
             "numpy": np.__version__, "python": platform.python_version(), "machine": platform.platform(),
@@ -192,7 +191,6 @@ def write_result(result: Result, out_dir: Path, run_name: str, beside: tuple = (
     others: a run killed half-way leaves the old .json, which then names the files that no
     longer match it (check_files), never a truncated file."""
     import pandas as pd
-    from .atomic import check_writable, file_digest, write_text
 
     check_writable(out_dir, "--results-dir")
     table = pd.DataFrame([{"split": r.split, "class": cls} | {k: float(v[c]) for k, v in r.scores.items()}
@@ -213,7 +211,6 @@ def check_files(result: Result) -> list[str]:
     """The run's files (beside its .json) that are not the ones written with it: missing, or
     other bytes (a later run killed before its .json was written). Empty for a whole set, and
     for results written before featx 0.7 (which recorded no checksums)."""
-    from .atomic import file_digest
     problems = []
     for name, want in result.files.items():
         path = result.path.with_name(name)

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .weights import Preprocess
 
 from .errors import ConfigError
+from .weights import resolve_vgg_weights
 
 
 class Backbone(Protocol):
@@ -117,7 +118,6 @@ class NetSpec:
         return flops + 2 * oh * ow * (c * self.fc6_window ** 2 * self.fc_dim + self.fc_dim * self.fc_dim)
 
     def resolve_weights(self, weights, chosen, preprocess, progress):
-        from .weights import resolve_vgg_weights
         return resolve_vgg_weights(self, weights, chosen, preprocess, progress)
 
     def random_state_dict(self, seed: int) -> dict:

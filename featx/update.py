@@ -9,23 +9,27 @@ ones are recomputed), then run the plan's forward passes and commit each batch.
 from __future__ import annotations
 
 import errno
+import shlex
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
 
-from . import cache as fmt
-from . import paths
+from . import __version__, cache as fmt, paths
 from .cache import FAILED, TODO
 from .errors import CacheError, ConfigError, ImageError
-from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of,
-                       file_of, survey)
-from .images import target_size
+from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of, file_of,
+                       survey)
+from .images import INTERPOLATION, decode_threads, target_size
+from .kernels import cpu_info
 from .options import DEFAULT_SCALES
-from .specs import label_of
+from .paths import cache_dir as resolve_cache_dir
+from .specs import check_scales, get_spec, label_of
+from .weights import load_weights
 
 if TYPE_CHECKING:  # torch loads only when an engine computes
     from .extract import Batch
@@ -224,7 +228,6 @@ def device_name(ex=None, device=None) -> str:
         import torch
         return torch.cuda.get_device_name(torch.device(device))
     if device.startswith("cpu"):
-        from .kernels import cpu_info
         return cpu_info().model
     return ""
 
@@ -232,7 +235,6 @@ def device_name(ex=None, device=None) -> str:
 def provenance(spec, weights, flip: bool) -> dict:
     """What determines a net's descriptors' values (stored with every cache): the net, the
     weights (a featx.weights.Weights, tensors or not) and their preprocessing, the flip."""
-    from .images import INTERPOLATION
     p = weights.preprocess
     return {
         "net": spec.name, "arch": spec.arch, "dim": spec.dim,
@@ -244,8 +246,6 @@ def provenance(spec, weights, flip: bool) -> dict:
 
 
 def _provenance(ex) -> dict:
-    from importlib.metadata import version
-    from . import __version__
     return dict(ex.provenance(), weights_digest=ex.weights.digest, dtype=ex.dtype,
                 featx_version=__version__, torch_version=version("torch"))
 
@@ -259,9 +259,6 @@ class Planned:
 
     def __init__(self, build: Callable, net, scales, weights, preprocess=None, flip: bool = True,
                  dtype: str = "float32", workers=None):
-        from .images import decode_threads
-        from .specs import check_scales, get_spec
-        from .weights import load_weights
         self.spec = get_spec(net)
         self.scales = check_scales(scales, self.spec)
         self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.dim
@@ -460,8 +457,6 @@ def extract_command(data, nets, scales, weights: dict, preprocess: dict | None =
                     cache_dir=None, root=None) -> str:
     """The featx extract command that computes these descriptors of an image set (a Dataset or
     ImageSet: its `cli` names it) where featx.paths.cache_path finds them, for hints."""
-    import shlex
-    from .paths import cache_dir as resolve_cache_dir
     parts = ["featx", "extract", *data.cli, "--net", ",".join(nets), "--scales", ",".join(map(str, scales)),
              "--weights", ",".join(f"{n}={weights.get(n, 'torchvision')}" for n in nets)]
     given = {n: p for n, p in (preprocess or {}).items() if p and n in nets}

@@ -19,16 +19,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import urllib.error
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlparse
-
 from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
 import numpy as np
 
-from .errors import WeightsError
+from .atomic import file_digest, write_text
+from .errors import OutputError, WeightsError
+from .paths import user_cache_dir
 
 if TYPE_CHECKING:  # torch loads only when weights do: `featx info` and `--help` stay light
     import torch
@@ -202,7 +204,6 @@ def weights_tag(weights) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    from .atomic import file_digest
     return file_digest(path)
 
 
@@ -291,7 +292,6 @@ def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
 # all-zero checks that computing it makes were passed when it was first computed).
 
 def _digest_memo() -> Path:
-    from .paths import user_cache_dir
     return user_cache_dir() / "weights-digests.json"
 
 
@@ -334,8 +334,6 @@ def find_file(digest: str, arch: str) -> Path | None:
 def remember_digest(path, arch: str, digest: str) -> None:
     """Record a file's tensor digest for later processes (atomically; a folder that cannot be
     written only means the next process hashes the file again)."""
-    from .atomic import write_text
-    from .errors import OutputError
     try:
         key, signature = _file_key(Path(path), arch)
         memo = _read_memo()
@@ -376,7 +374,6 @@ def _reason(e: Exception) -> str:
 
 
 def _load_pth(path: Path) -> dict:
-    import pickle
 
     import torch
     try:
