@@ -73,23 +73,13 @@ def parse_nets(text: str) -> list[str]:
     return nets
 
 
-def parse_per_net(text: str | None, nets: list[str], default=None) -> dict:
-    """'caffe' for every net, or 'D=vgg16.pth,E=vgg19.h5,timm:resnet50=r50.pth'; a net given no
-    value gets default(net) (None: no value)."""
-    from .specs import get_spec, label_of
-    if text is None or "=" not in text:
-        return {n: text if text is not None else default and default(n) for n in nets}
-    out = {}
-    for part in text.split(","):
-        net, _, value = part.partition("=")
-        try:
-            out[get_spec(net.strip()).name] = value.strip()
-        except ConfigError as e:
-            raise click.BadParameter(f"{text!r}: {e}") from None
-    absent = [n for n in nets if n not in out]
-    if absent:
-        raise click.BadParameter(f"no value given for {label_of(absent[0])} in {text!r}")
-    return out
+def parse_per_net(text: str | None, nets: list[str], default=None, option: str = "--weights") -> dict:
+    """featx.config.parse_per_net, its errors as click's."""
+    from .config import parse_per_net as parse
+    try:
+        return parse(text, nets, default, option)
+    except ConfigError as e:
+        raise click.BadParameter(str(e)) from None
 
 
 def parse_weights(text: str | None, nets: list[str]) -> dict:
@@ -188,7 +178,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     nets = parse_nets(nets)
     scales = parse_scales(scales)
     weights = parse_weights(weights, nets)
-    preprocess = parse_per_net(preprocess, nets)
+    preprocess = parse_per_net(preprocess, nets, option="--preprocess")
     if bool(images) == bool(dataset):
         raise click.UsageError("give either --images or --dataset")
     if images and split:
@@ -486,6 +476,14 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     labelled image with the validated C (the median over splits): <run-name>.model.json/.npz
     for featx predict, and <run-name>.joblib, the same Pipeline pickled for Python.
     """
+    train_and_evaluate(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, c_grid, root,
+                       cache_dir, do_extract, dtype, device, results_dir, run_name,
+                       command=command_of(click.get_current_context()))
+
+
+def train_and_evaluate(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, c_grid, root,
+                       cache_dir, do_extract, dtype, device, results_dir, run_name, command):
+    """featx svm (and featx demo): the options as given, `command` what the results record."""
     from .datasets import load_dataset
     from dataclasses import replace
 
@@ -501,7 +499,7 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
     weights = parse_weights(weights, nets)
-    preprocess = parse_per_net(preprocess, nets)
+    preprocess = parse_per_net(preprocess, nets, option="--preprocess")
     try:
         grid = tuple(float(c) for c in c_grid.split(","))
     except ValueError:
@@ -520,9 +518,8 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
     result = run(data, cfg, cache_dir, root, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))
-    ctx = click.get_current_context()
     result = replace(result, paper=match.paper if match else None, paper_pipeline=match.name if match else None,
-                     command=ctx.meta.get("featx.command") or command_of(ctx))
+                     command=command)
     run_name = run_name or cfg.run_name()
     paths = write_run(result, results_dir / data.name, run_name)
     metrics = list(result.runs[0].scores)
@@ -641,13 +638,12 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
     from .demo import write_lfw_faces
     from .errors import WeightsError
 
-    ctx.meta["featx.command"] = command_of(ctx)  # what the results record as their origin
     folder = write_lfw_faces(out / f"lfw-faces-{per_class}", per_class)
     click.echo(f"wrote {2 * per_class} real photographs (face, nonface) to {folder}", err=True)
     try:
-        ctx.invoke(svm, dataset=f"folder:{folder}", nets=nets, scales=scales, weights=weights,
-                   preprocess=preprocess, cache_dir=str(out / "cache"), do_extract=True, device=device,
-                   results_dir=results_dir or out / "results", c_grid="0.01,0.1,1,10")
+        train_and_evaluate(f"folder:{folder}", nets, scales, "mean", weights, preprocess, "image", "torch",
+                           "0.01,0.1,1,10", None, str(out / "cache"), True, "float32", device,
+                           results_dir or out / "results", None, command=command_of(ctx))
     except WeightsError as e:
         raise WeightsError(f"{e} Offline, give featx demo a weights file: --net E --weights "
                            "E=/path/vgg19.pth --preprocess caffe (or D=/path/vgg16.pth).") from None

@@ -17,7 +17,7 @@ from .errors import ConfigError
 from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES, PREPROCESS_NAMES,
                       SETTINGS, SOLVERS)
 from .paths import cache_path
-from .specs import NETS, check_scales, default_weights, get_spec
+from .specs import NETS, check_scales, default_weights, get_spec, label_of
 
 
 def one_of(choices: tuple) -> Callable:
@@ -74,6 +74,31 @@ def per_net(value, nets, name, allowed=None) -> dict:
             raise ConfigError(f"{name} of {net}: {v!r} is not a name or a file path")
         if allowed is not None and v is not None and v not in allowed:
             raise ConfigError(f"{name} of {net}: {v!r}: choose one of {', '.join(allowed)}")
+    return out
+
+
+def parse_per_net(text: str | None, nets=None, default=None, option: str = "--weights",
+                  form: str = "NET=VALUE, e.g. E=caffe:vgg19_caffe.pth") -> dict:
+    """A per-net option as written on the command line: one value for every net of `nets`
+    ("caffe"), or NET=VALUE pairs ("D=vgg16.pth,E=caffe:vgg19.pth,timm:resnet50=r50.pth").
+    nets: the nets that must each get a value (None: whichever are named); a net given none
+    gets default(net), or None without a default."""
+    if text is None or "=" not in text:
+        if nets is None:
+            if text:
+                raise ConfigError(f"{option} {text!r}: write {form}")
+            return {}
+        return {n: text if text is not None else default and default(n) for n in nets}
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        net, _, value = part.partition("=")
+        try:
+            out[get_spec(net.strip()).name] = value.strip()
+        except ConfigError as e:
+            raise ConfigError(f"{option} {text!r}: {e}") from None
+    absent = [n for n in nets or () if n not in out]
+    if absent:
+        raise ConfigError(f"{option} {text!r}: no value given for {label_of(absent[0])}")
     return out
 
 

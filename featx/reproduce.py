@@ -6,6 +6,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .cache import being_written
+from .config import parse_per_net
 from .cost import ExtractionCost, descriptor_flops, extraction_cost
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
@@ -15,7 +16,7 @@ from .options import DEFAULT_BATCH_SIZE
 from .paths import cache_path
 from .pipeline import Pipeline
 from .results import load_result
-from .specs import get_spec, label_of
+from .specs import label_of
 from .update import update_caches
 
 # VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
@@ -52,16 +53,15 @@ def jobs_of(pipelines: list[Pipeline]) -> list[Job]:
 
 def parse_local_weights(text: str | None) -> dict:
     """--local-weights "E=caffe:vgg19_caffe.pth,D=caffe:vgg16.pth" -> {"E": "caffe:vgg19_caffe.pth", ...}."""
-    files = {}
-    for part in filter(None, (text or "").split(",")):
-        net, _, value = part.partition("=")
+    form = "NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth"
+    files = parse_per_net(text, option="--local-weights", form=form)
+    for net, value in files.items():
         source, _, path = value.partition(":")
+        given = f"{net}={value}"
         if not source or not path:
-            raise ConfigError(f"--local-weights {part!r}: write NET=SOURCE:FILE, e.g. E=caffe:vgg19_caffe.pth")
-        name = get_spec(net.strip()).name
+            raise ConfigError(f"--local-weights {given!r}: write {form}")
         if not Path(path).expanduser().is_file():
-            raise ConfigError(f"--local-weights {part!r}: {path} is not a file")
-        files[name] = value
+            raise ConfigError(f"--local-weights {given!r}: {path} is not a file")
     return files
 
 
