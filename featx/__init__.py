@@ -8,9 +8,6 @@ torch and scikit-learn are imported only by what needs them.
 from importlib import import_module
 
 from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsError
-# Eager: featx.aggregate is also a submodule's name, and importing the submodule (any featx
-# module does) would rebind featx.aggregate to it; importing the functions here wins. numpy only.
-from .aggregate import aggregate, fuse, l2_normalize
 
 __version__ = "0.7.0"
 
@@ -20,11 +17,11 @@ _LAZY = {
     "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
     "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
     "cache_path": "paths", "write_export": "export", "read_export": "export",
+    "aggregate": "fusion", "fuse": "fusion", "l2_normalize": "fusion",
     "Config": "config", "DescriptorSpec": "config", "ProtocolSpec": "config", "Backbone": "specs",
 }
 
-__all__ = sorted(_LAZY) + ["aggregate", "fuse", "l2_normalize", "FeatxError", "WeightsError", "ImageError",
-                           "CacheError", "DatasetError"]
+__all__ = sorted(_LAZY) + ["FeatxError", "WeightsError", "ImageError", "CacheError", "DatasetError"]
 
 
 def __getattr__(name):

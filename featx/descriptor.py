@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import combine
+from .fusion import combine
 from .errors import ConfigError
 from .config import DescriptorSpec
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES

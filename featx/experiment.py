@@ -18,7 +18,7 @@ from typing import Callable
 
 import numpy as np
 
-from .aggregate import combine, fuse, l2_normalize
+from .fusion import combine, fuse, l2_normalize
 from .cache import DescriptorCache
 from .classifiers import OneVsRestSVM
 from .config import Config

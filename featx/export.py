@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .aggregate import combine
+from .fusion import combine
 from . import atomic
 from .cache import DescriptorCache, usable_rows
 from .errors import CacheError, ConfigError

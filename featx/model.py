@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .aggregate import combine
+from .fusion import combine
 from .atomic import check_writable, replacing, write_bytes, write_text
 from .config import DescriptorSpec, FieldError
 from .descriptor import Descriptor

@@ -10,7 +10,7 @@ DEFAULT_NET = "D"  # any name featx.specs.get_spec takes (NET_CHOICES there says
 # The scales Q a descriptor is computed at unless told otherwise (the paper's single-net
 # VOC-2007 rows use 256, 384 and 512 among others).
 DEFAULT_SCALES = (256, 384, 512)
-AGGREGATIONS = ("mean", "stack", "max")  # across scales: featx.aggregate.combine
+AGGREGATIONS = ("mean", "stack", "max")  # across scales: featx.fusion.AGGREGATORS
 # The input conventions of weights (featx.weights.PREPROCESS holds what each one is)
 PREPROCESS_NAMES = ("caffe", "torchvision")
 # The types a net can run in (featx.extract maps them to torch's). float32 is the paper's; the

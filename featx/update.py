@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
 import numpy as np
 from filelock import FileLock, Timeout
 
-from . import __version__, cache as fmt, paths
-from .cache import FAILED, TODO
+from . import __version__, paths
+from .cache import (DONE, FAILED, FORMAT, TODO, DescriptorCache, Writer, error_column, lock_file, provenance_diff,
+                    remove_stale_temporaries, write_file)
 from .errors import CacheError, ConfigError, ImageError
 from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of, file_of,
                        survey)
@@ -93,9 +94,9 @@ def oversized(sizes, q: int, rows=None) -> dict[int, str]:
 
 def lock_cache(path: Path) -> FileLock:
     """The writer's lock (<file>.lock): a second writer is refused. It waits a second, no
-    longer, so that fmt.being_written's probe of the lock never refuses a writer."""
+    longer, so that cache.being_written's probe of the lock never refuses a writer."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(str(fmt.lock_file(path)))
+    lock = FileLock(str(lock_file(path)))
     try:
         lock.acquire(timeout=1)
     except Timeout:
@@ -166,7 +167,7 @@ def extract_to_cache(extractor: "Engine | Callable[[], Engine]", items: Sequence
             return _check_read_only(extractor, items, ids, path, rows, progress, retry_failed, e)
         raise CacheError(f"cannot write a cache at {path}: {e.strerror or e}") from None
     try:
-        fmt.remove_stale_temporaries(path)
+        remove_stale_temporaries(path)
         ex = as_engine(extractor)
         return _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, on_batch,
                                retry_failed)
@@ -179,9 +180,9 @@ def _check_read_only(ex, items, ids, path: Path, rows, progress, retry_failed, e
     compute for these images it is simply used; otherwise one line says what it lacks. Nothing
     in it is changed."""
     start = time.perf_counter()
-    cache = fmt.DescriptorCache(path)
+    cache = DescriptorCache(path)
     ex = as_engine(ex)
-    diff = fmt.provenance_diff(cache.attrs, _provenance(ex), ex.weights.file_checksum)
+    diff = provenance_diff(cache.attrs, _provenance(ex), ex.weights.file_checksum)
     if diff:
         raise CacheError(f"{path} was computed with other settings:\n  " + "\n  ".join(diff))
     why = f"{path} cannot be written ({error.strerror})"
@@ -200,7 +201,7 @@ def _check_read_only(ex, items, ids, path: Path, rows, progress, retry_failed, e
         status = cache.status(q)[wanted[wanted >= 0]]
         todo = int((status == TODO).sum())
         lacking.append(f"{todo} image(s) to compute at Q={q}" if todo else "")
-        summary.reused += int((status == fmt.DONE).sum())
+        summary.reused += int((status == DONE).sum())
         summary.failed += int((status == FAILED).sum())
     lacking = [x for x in lacking if x]
     if lacking:
@@ -310,7 +311,7 @@ def _record_images(path: Path, cache, record, items, ids, look: Survey, provenan
     full.signatures[where[looked]] = look.signatures[looked]
     full.digests[where[hashed]] = look.digests[hashed]
     full.sizes[where[sized]] = look.sizes[sized]
-    full.errors[where[sized]] = fmt.error_column([look.errors.get(int(i), "") for i in sized])
+    full.errors[where[sized]] = error_column([look.errors.get(int(i), "") for i in sized])
     full.error_kinds[where[sized]] = [TRANSIENT if i in look.transient else DETERMINISTIC if i in look.errors
                                       else NO_ERROR for i in sized.tolist()]
     summary.changed += len(look.changed)
@@ -345,14 +346,14 @@ def _record_images(path: Path, cache, record, items, ids, look: Survey, provenan
             attrs["identities_added"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
             if not cache.checksummed:
                 attrs["checksums_added"] = attrs["identities_added"]
-        attrs.update({"format": "featx-descriptors", "format_version": fmt.FORMAT, "n_images": len(full),
+        attrs.update({"format": "featx-descriptors", "format_version": FORMAT, "n_images": len(full),
                       "image_set": name or attrs.get("image_set", ""), "source": source or attrs.get("source", "")})
-        fmt.write_file(path, full, final, dim, attrs,
+        write_file(path, full, final, dim, attrs,
                        origin=None if cache is None else np.concatenate([np.arange(len(old)), np.full(len(new), -1)]))
         summary.added += len(new) if cache is not None else 0
         return where
     r = where[looked]
-    with fmt.Writer(path) as w:
+    with Writer(path) as w:
         w.set_status({q: s for q, s in reset.items() if not np.array_equal(s, before[q])})
         w.set_rows(r, signatures=full.signatures[r], digests=full.digests[r], sizes=full.sizes[r],
                    errors=full.errors[r], error_kinds=full.error_kinds[r])
@@ -366,8 +367,8 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
     scales = list(ex.scales)
     cache = None
     if path.exists():
-        cache = fmt.DescriptorCache(path)
-        diff = fmt.provenance_diff(cache.attrs, provenance, ex.weights.file_checksum)
+        cache = DescriptorCache(path)
+        diff = provenance_diff(cache.attrs, provenance, ex.weights.file_checksum)
         if diff:
             raise CacheError(f"{path} was computed with other settings, refusing to mix:\n  "
                              + "\n  ".join(diff) + "\nuse another --cache-dir / --out, or delete the file")
@@ -389,7 +390,7 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
 
     # Damaged rows (a status byte of unknown value, bytes that fail their checksum) go back to
     # 'to do' first, so this run recomputes exactly them.
-    with fmt.Writer(path) as w:
+    with Writer(path) as w:
         summary.repaired += sum(w.repair(scales).values())
         for q in scales:
             bad = w.corrupt(q, np.flatnonzero(wanted))
@@ -400,12 +401,12 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
         skip = {}
         for q in scales:
             status = w.status(q)
-            summary.reused += int(((status == fmt.DONE) & wanted).sum())
-            too_big = {i: r for i, r in oversized(sizes, q).items() if status[i] == fmt.TODO}
+            summary.reused += int(((status == DONE) & wanted).sum())
+            too_big = {i: r for i, r in oversized(sizes, q).items() if status[i] == TODO}
             if too_big:
                 w.commit(q, np.empty(0, np.int64), np.empty((0, ex.dim), np.float32), too_big)
                 status = w.status(q)
-            skip[q] = status != fmt.TODO
+            skip[q] = status != TODO
         # Each batch's wall time (reading, resizing, forward passes) goes into the file with it,
         # so `featx info` can tell what a scale cost across interruptions and resumes.
         tick = time.perf_counter()
@@ -423,7 +424,7 @@ def _extract_locked(ex, items, ids, path, name, source, rows, strict, progress, 
             tick = time.perf_counter()
         errs = w.errors()
         for q in scales:
-            bad = np.flatnonzero((w.status(q) == fmt.FAILED) & wanted)
+            bad = np.flatnonzero((w.status(q) == FAILED) & wanted)
             summary.failures.update({int(i): errs[i].decode(errors="replace") for i in bad})
             summary.failed += len(bad)
     summary.seconds = time.perf_counter() - start
@@ -436,7 +437,7 @@ def prune(path) -> int:
     path = Path(path)
     lock = lock_cache(path)
     try:
-        cache = fmt.DescriptorCache(path)
+        cache = DescriptorCache(path)
         if not cache.identified:
             raise CacheError(f"{path} was written by featx {cache.attrs.get('featx_version')} and records no "
                              "image files yet: run featx extract on its image set first (it records them, "
@@ -446,7 +447,7 @@ def prune(path) -> int:
             return 0
         keep = np.asarray([r for r, i in enumerate(cache.ids) if i not in gone], dtype=np.int64)
         attrs = dict(cache.attrs, n_images=len(keep), pruned=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        fmt.write_file(path, cache.record().take(keep), {q: cache.status(q)[keep] for q in cache.scales},
+        write_file(path, cache.record().take(keep), {q: cache.status(q)[keep] for q in cache.scales},
                        cache.dim, attrs, origin=keep)
         return len(gone)
     finally:

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from featx import Extractor, l2_normalize, read_export, write_export
-from featx.aggregate import aggregate, fuse
+from featx.fusion import aggregate, fuse
 from featx.cache import DescriptorCache
 from featx.cli import main
 from featx.datasets import load_dataset

@@ -10,7 +10,7 @@ import pytest
 
 import featx
 from featx import options
-from featx.aggregate import aggregate
+from featx.fusion import aggregate
 from featx.cli import main
 from featx.classifiers import OneVsRestSVM
 from featx.errors import ConfigError

@@ -106,7 +106,7 @@ def test_the_saved_model_is_fit_on_every_labelled_image_with_the_median_c(tmp_pa
     # the saved classifier is the fit on all 12 images' descriptors with that C
     data = load_dataset(f"folder:{base}")
     cache = DescriptorCache(cache_path(data, "T", "random:0", cache_dir=tmp_path / "c"))
-    from featx.aggregate import combine
+    from featx.fusion import combine
     X = combine([cache.load((224,), rows=cache.lookup(data.ids))], "mean")
     want = OneVsRestSVM(C=median).fit(X, data.labels)
     got = load_model(tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json").named_steps["svm"]

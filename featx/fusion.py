@@ -1,11 +1,21 @@
-"""Combining descriptors: across scales (mean / stack / max), across nets (stack), L2 norm."""
-from __future__ import annotations
+"""Combining descriptors: across scales (mean / stack / max), across nets (stack), L2 norm.
 
-from .errors import ConfigError
+An aggregation is one function of (n, n_scales, d) per-scale descriptors; AGGREGATORS names
+them (featx.options.AGGREGATIONS lists the names for the command line and the specs).
+"""
+from __future__ import annotations
 
 import numpy as np
 
-from .options import AGGREGATIONS  # noqa: E402
+from .errors import ConfigError
+from .options import AGGREGATIONS
+
+AGGREGATORS = {
+    "mean": lambda x: x.mean(axis=1, dtype=np.float64).astype(x.dtype),  # (n, d)
+    "stack": lambda x: x.reshape(x.shape[0], -1),  # (n, n_scales * d), scale-major
+    "max": lambda x: x.max(axis=1),  # (n, d)
+}
+assert tuple(AGGREGATORS) == AGGREGATIONS, "featx.options.AGGREGATIONS names these"
 
 
 def aggregate(per_scale: np.ndarray, how: str = "mean") -> np.ndarray:
@@ -13,13 +23,9 @@ def aggregate(per_scale: np.ndarray, how: str = "mean") -> np.ndarray:
     per_scale = np.asarray(per_scale)
     if per_scale.ndim != 3:
         raise ConfigError(f"expected (n_images, n_scales, dim), got shape {per_scale.shape}")
-    if how == "mean":
-        return per_scale.mean(axis=1, dtype=np.float64).astype(per_scale.dtype)
-    if how == "max":
-        return per_scale.max(axis=1)
-    if how == "stack":
-        return per_scale.reshape(per_scale.shape[0], -1)
-    raise ConfigError(f"unknown aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+    if how not in AGGREGATORS:
+        raise ConfigError(f"unknown aggregation {how!r}: choose one of {', '.join(AGGREGATIONS)}")
+    return AGGREGATORS[how](per_scale)
 
 
 def fuse(*descriptors: np.ndarray) -> np.ndarray:
