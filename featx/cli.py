@@ -686,13 +686,11 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce voc2007-D voc2007-E      two rows of Table 11
       featx reproduce all --device cuda
     """
-    from .cache import being_written
-    from .cost import format_duration, tflop
     from .extract import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
     from .pipeline import all_pipelines, select
     from .report import write_report
-    from .reproduce import parse_local_weights, plan, reproduce as run_pipelines
+    from .reproduce import estimate, parse_local_weights, reproduce as run_pipelines
 
     folder = pipelines_dir(pipelines_option)
     chosen = select(targets or ("table11", "table12"), folder)
@@ -700,35 +698,8 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
     files = parse_local_weights(local_weights)
     device = str(resolve_device(device))
     if dry_run:
-        from .cost import Rate, bench_rate, cache_rate, quick_rate
-        costs = plan(chosen, root, cache, dtype)
-        # each job at its cache's own measured rate where it has one; else this CPU model's bench
-        # figures; else a measurement of a second
-        default = Rate(gflops, "--gflops") if gflops else bench_rate(dtype, device) or quick_rate(device, dtype)
-        from .update import device_name
-        here = device_name(device=device)
-        rates = [default if gflops or c is None or not c.cache.is_file() else cache_rate(c.cache, job.net, here)
-                 or default for job, c, _ in costs]
-        click.echo(f"{len(chosen)} pipelines: {', '.join(p.name for p in chosen)}")
-        click.echo(f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
-                   f"{'TFLOP':>10}{'time':>10}{'GFLOP/s':>9}  note")
-        for (job, c, note), rate in zip(costs, rates):
-            cells = (("?",) * 4 if c is None else
-                     (c.pairs, c.cached, tflop(c.flops), format_duration(c.seconds(rate.gflops))))
-            own = " (rate: its cache's own)" if rate is not default else ""
-            click.echo(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
-                       f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}{rate.gflops:>9.0f}  {note}{own}")
-        total = sum(c.flops for _, c, _ in costs if c is not None)
-        seconds = sum(c.seconds(r.gflops) for (_, c, _), r in zip(costs, rates) if c is not None)
-        click.echo(f"total: {sum(c.pairs for _, c, _ in costs if c):d} image x scale pairs (flips included in "
-                   f"FLOPs), {tflop(total)} TFLOP, about {format_duration(seconds)} on {device} in {dtype}; "
-                   "SVM training on the caches adds minutes")
-        for rate in dict.fromkeys(rates):
-            click.echo(f"rate {rate.gflops:.0f} GFLOP/s: {rate.source}")
-        if any(c is not None and being_written(c.cache) for _, c, _ in costs) and default.source.startswith("measured"):
-            click.echo("note: a featx extraction is writing one of these caches now; if it runs on this "
-                       "machine, the rate above was measured on a shared device and the time is too long "
-                       "(give --gflops)")
+        for line in estimate(chosen, root, cache, device, dtype, gflops).lines():
+            click.echo(line)
         return
     from .atomic import check_writable
     check_writable(results_dir, "--results-dir")  # before hours of extraction, not after them

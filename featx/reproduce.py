@@ -7,7 +7,8 @@ from pathlib import Path
 
 from .cache import being_written
 from .config import parse_per_net
-from .cost import ExtractionCost, descriptor_flops, extraction_cost
+from .cost import (ExtractionCost, Rate, bench_rate, cache_rate, descriptor_flops, extraction_cost, format_duration,
+                   quick_rate, tflop)
 from .datasets import DATASETS, Dataset, load_dataset
 from .errors import ConfigError, DatasetError
 from .experiment import run
@@ -17,7 +18,7 @@ from .paths import cache_path
 from .pipeline import Pipeline
 from .results import load_result
 from .specs import label_of
-from .update import update_caches
+from .update import device_name, update_caches
 
 # VOC photographs are about 500x375 (docs/protocol.md section 5); used to estimate a dataset not on disk.
 TYPICAL_SIZE = (375, 500)
@@ -105,6 +106,58 @@ def plan(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple
         out.append((job, ExtractionCost(job.net, path, n * len(job.scales), 0, float(flops)),
                      f"not on disk: {n} images at 500x375 assumed"))
     return out
+
+
+@dataclass
+class Estimate:
+    """What `featx reproduce --dry-run` prints: per extraction job its cost and the rate its
+    time is estimated at (its cache's own measured rate where it has one, else this CPU
+    model's bench figures, else a measurement of a second, or --gflops)."""
+
+    pipelines: list
+    rows: list  # (job, ExtractionCost or None, remark, Rate)
+    default: Rate
+    device: str
+    dtype: str
+
+    @property
+    def flops(self) -> float:
+        return sum(c.flops for _, c, _, _ in self.rows if c is not None)
+
+    @property
+    def seconds(self) -> float:
+        return sum(c.seconds(r.gflops) for _, c, _, r in self.rows if c is not None)
+
+    def lines(self) -> list[str]:
+        out = [f"{len(self.pipelines)} pipelines: {', '.join(p.name for p in self.pipelines)}",
+               f"{'dataset':<16}{'net':<4}{'weights':<13}{'scales':<26}{'to compute':>11}{'cached':>9}"
+               f"{'TFLOP':>10}{'time':>10}{'GFLOP/s':>9}  note"]
+        for job, c, note, rate in self.rows:
+            cells = (("?",) * 4 if c is None else
+                     (c.pairs, c.cached, tflop(c.flops), format_duration(c.seconds(rate.gflops))))
+            own = " (rate: its cache's own)" if rate is not self.default else ""
+            out.append(f"{job.dataset:<16}{job.net:<4}{job.weights:<13}{','.join(map(str, job.scales)):<26}"
+                       f"{cells[0]:>11}{cells[1]:>9}{cells[2]:>10}{cells[3]:>10}{rate.gflops:>9.0f}  {note}{own}")
+        out.append(f"total: {sum(c.pairs for _, c, _, _ in self.rows if c):d} image x scale pairs (flips included "
+                   f"in FLOPs), {tflop(self.flops)} TFLOP, about {format_duration(self.seconds)} on {self.device} "
+                   f"in {self.dtype}; SVM training on the caches adds minutes")
+        out += [f"rate {rate.gflops:.0f} GFLOP/s: {rate.source}" for rate in dict.fromkeys(r for *_, r in self.rows)]
+        if (any(c is not None and being_written(c.cache) for _, c, _, _ in self.rows)
+                and self.default.source.startswith("measured")):
+            out.append("note: a featx extraction is writing one of these caches now; if it runs on this machine, "
+                       "the rate above was measured on a shared device and the time is too long (give --gflops)")
+        return out
+
+
+def estimate(pipelines, root, cache_dir: Path, device: str = "cpu", dtype: str = "float32",
+             gflops: float | None = None) -> Estimate:
+    """The cost and time of the extractions these pipelines need (nothing is computed)."""
+    costs = plan(pipelines, root, cache_dir, dtype)
+    default = Rate(gflops, "--gflops") if gflops else bench_rate(dtype, device) or quick_rate(device, dtype)
+    here = device_name(device=device)
+    rows = [(job, c, note, default if gflops or c is None or not c.cache.is_file()
+             else cache_rate(c.cache, job.net, here) or default) for job, c, note in costs]
+    return Estimate(list(pipelines), rows, default, device, dtype)
 
 
 def reproduce(pipelines: list[Pipeline], root, cache_dir: Path, results_dir: Path, solver="torch",
