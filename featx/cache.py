@@ -33,6 +33,7 @@ import errno
 import json
 import os
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -126,6 +127,44 @@ def _read_attr(value):
     return value
 
 
+@dataclass(frozen=True)
+class MadeWith:
+    """What a cache's descriptors were computed with, as its attributes record it."""
+
+    image_set: str
+    net: str
+    arch: str
+    dim: int
+    dtype: str | None  # None: a 0.2.0 file (float32)
+    weights: str  # the source: torchvision, caffe, file, random:N
+    weights_file: str
+    digest: str  # "tensors:<sha256 of the tensors>", or a 0.2.0 file's sha256
+    preprocess: str
+    channel_order: str
+    mean: list
+    std: list
+    flip: bool
+    interpolation: str
+    featx_version: str | None
+    torch_version: str | None
+    created: str | None
+
+    @classmethod
+    def of(cls, attrs: dict) -> "MadeWith":
+        return cls(str(attrs.get("image_set")), attrs["net"], attrs["arch"], int(attrs["dim"]), attrs.get("dtype"),
+                   attrs["weights"], attrs.get("weights_file") or "",
+                   str(attrs.get("weights_digest") or attrs.get("weights_sha256", "")), attrs["preprocess"],
+                   attrs["channel_order"], attrs["mean"], attrs["std"], bool(attrs["flip"]), attrs["interpolation"],
+                   attrs.get("featx_version"), attrs.get("torch_version"), attrs.get("created"))
+
+    @property
+    def digest_text(self) -> str:
+        """The digest in a line: "digest 1a2b3c4d5e6f" (tensors), "file sha256 ..." (0.2.0)."""
+        if self.digest.startswith("tensors:"):
+            return f"digest {self.digest[8:20]}"
+        return f"file sha256 {self.digest[:12]}"
+
+
 class DescriptorCache:
     """Read side of a cache file. Opening never locks, so it works while a writer runs.
 
@@ -185,6 +224,10 @@ class DescriptorCache:
     @property
     def dim(self) -> int:
         return int(self.attrs["dim"])
+
+    @property
+    def made_with(self) -> MadeWith:
+        return MadeWith.of(self.attrs)
 
     @property
     def scales(self) -> list[int]:

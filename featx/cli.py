@@ -245,6 +245,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
     from .cache import DescriptorCache, being_written
     from .cost import format_duration
     from .paths import cache_dir as resolve_cache_dir, image_set_dir, image_set_key, parse_image_set
+    from .weights import describe_weights
 
     if dataset and images:
         raise click.UsageError("give --dataset or --images, not both")
@@ -263,19 +264,16 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
     damaged = 0
     for path in files:
         c = DescriptorCache(path)
-        a = c.attrs
-        from .weights import describe_weights
-        digest = str(a.get("weights_digest") or a.get("weights_sha256", ""))
-        known = describe_weights(digest)
+        m = c.made_with
+        known = describe_weights(m.digest)
         click.echo(f"{path}  ({path.stat().st_size / 2**20:.1f} MiB)")
-        click.echo(f"  image set   {a.get('image_set')!s}: {len(c)} images")
-        click.echo(f"  net         {label_of(a['net'])} ({a['arch']}), {a['dim']}-D{' fc7' if a['net'] in NETS else ''}, {a.get('dtype')}")
-        click.echo(f"  weights     {a['weights']} {a.get('weights_file') or ''} "
-                   f"{'digest ' + digest[8:20] if digest.startswith('tensors:') else 'file sha256 ' + digest[:12]}"
+        click.echo(f"  image set   {m.image_set}: {len(c)} images")
+        click.echo(f"  net         {label_of(m.net)} ({m.arch}), {m.dim}-D{' fc7' if m.net in NETS else ''}, {m.dtype}")
+        click.echo(f"  weights     {m.weights} {m.weights_file} {m.digest_text}"
                    + (f"\n              = {known}" if known else ""))
-        click.echo(f"  preprocess  {a['preprocess']} ({a['channel_order']}, mean {a['mean']}, std {a['std']})")
-        click.echo(f"  flip        {bool(a['flip'])}; resize {a['interpolation']}")
-        click.echo(f"  made by     featx {a.get('featx_version')}, torch {a.get('torch_version')}, {a.get('created')}")
+        click.echo(f"  preprocess  {m.preprocess} ({m.channel_order}, mean {m.mean}, std {m.std})")
+        click.echo(f"  flip        {m.flip}; resize {m.interpolation}")
+        click.echo(f"  made by     featx {m.featx_version}, torch {m.torch_version}, {m.created}")
         if being_written(path):
             click.echo("  writing     now: a featx extraction holds this file's lock (the counts grow)")
         timing = c.timing()
@@ -292,7 +290,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
                        + (f"; {len(gone)} row(s) of images whose file is gone (first: {gone[0]})"
                           + ("" if prune else ": --prune removes them") if gone else ""))
         else:
-            click.echo(f"  images      rows record no image files yet (written by featx {a.get('featx_version')}): "
+            click.echo(f"  images      rows record no image files yet (written by featx {m.featx_version}): "
                        "featx extract records them the next time it writes to the file, recomputing nothing")
         if verify:
             for q in c.scales:

@@ -328,3 +328,23 @@ def test_unknown_status_bytes_and_stale_temporaries_are_repaired(tmp_path):
     assert (s.computed, s.repaired) == (1, 1)
     assert not list(tmp_path.glob(".c.h5.tmp-*"))
     assert DescriptorCache(path).counts()[224] == {"done": 4, "failed": 0, "todo": 0}
+
+
+@pytest.mark.parametrize("fixture", ["featx-0.2.0-T-random-0.h5", "featx-0.5.0-T-random-0.h5"])
+def test_featx_info_reads_what_older_caches_were_made_with(tmp_path, fixture):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from featx.cli import main
+    path = shutil.copy(HERE / "fixtures" / fixture, tmp_path / fixture)
+    m = DescriptorCache(path).made_with
+    assert (m.net, m.arch, m.dim, m.weights, m.preprocess, m.flip) == ("T", "tiny", 16, "random:0", "torchvision", True)
+    old = fixture.startswith("featx-0.2.0")
+    # 0.2.0 recorded the weights file's sha256 (or the source name), later ones the tensors' digest
+    assert m.digest_text.startswith("file sha256 " if old else "digest ") and m.featx_version == fixture[6:11]
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 0, r.output
+    assert f"  net         Net-T (tiny), 16-D fc7, {m.dtype}" in r.output
+    assert f"  made by     featx {m.featx_version}, torch " in r.output
+    assert ("rows record no image files yet (written by featx " + m.featx_version) in r.output
