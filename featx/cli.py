@@ -200,13 +200,13 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
         if given:
             raise click.UsageError(f"{', '.join(given)} apply to --engine ray only")
         ray_options = {}
-    extract_nets(nets, weights, data, path_for, rows=rows, strict=strict, progress=not quiet, scales=scales,
-                 flip=not no_flip, preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
-                 workers=workers, engine=engine, retry_failed=retry_failed, **ray_options)
+    update_and_report(nets, weights, data, path_for, rows=rows, strict=strict, progress=not quiet, scales=scales,
+                      flip=not no_flip, preprocess=preprocess, device=device, dtype=dtype, batch_size=batch_size,
+                      workers=workers, engine=engine, retry_failed=retry_failed, **ray_options)
 
 
-def extract_nets(nets, weights, data, path_for, rows=None, strict=False, progress=True,
-                 preprocess=None, engine="local", **extractor_options):
+def update_and_report(nets, weights, data, path_for, rows=None, strict=False, progress=True,
+                      preprocess=None, engine="local", **extractor_options):
     """featx.update.update_caches for an image set or dataset, then print each summary."""
     from .update import update_caches
 
@@ -509,10 +509,10 @@ def train_and_evaluate(dataset, nets, scales, aggregate, weights, preprocess, se
                  ProtocolSpec(solver=solver, c_grid=grid, device=device)).check(data)
     check_writable(results_dir / data.name, "--results-dir")  # before the work, not after it
     if do_extract:  # only the rows the protocol reads (Caltech-101: 7,107 of 9,144 images)
-        extract_nets(cfg.nets, cfg.weights, data,
-                     lambda net: cfg.descriptor.cache_path(net, data, cache_dir, root),
-                     rows=data.protocol_rows(cfg.views), preprocess=cfg.preprocess, scales=cfg.scales,
-                     device=device, dtype=dtype)
+        update_and_report(cfg.nets, cfg.weights, data,
+                          lambda net: cfg.descriptor.cache_path(net, data, cache_dir, root),
+                          rows=data.protocol_rows(cfg.views), preprocess=cfg.preprocess, scales=cfg.scales,
+                          device=device, dtype=dtype)
     result = run(data, cfg, cache_dir, root, log=lambda m: click.echo(m, err=True))
     # The paper's figure only where this is one of its configurations (the pipelines say which).
     match = matching_pipeline(cfg, all_pipelines(pipelines_dir()))

@@ -33,7 +33,7 @@ PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256"
                    "created", "featx_version")
 
 
-class Descriptors:
+class CachedDescriptors:
     """Assembles L2-normalised descriptors from the per-net caches of one dataset.
 
     Each cache's rows are found by image id, and checked against the images as they are now:
@@ -126,7 +126,7 @@ def _choose_c(cfg, task, Xtr, ytr, Xva, yva, n_classes, log):
     return best, results
 
 
-def fit_final(data: Dataset, cfg: Config, desc: Descriptors, runs: list, log=print) -> FinalModel:
+def fit_final(data: Dataset, cfg: Config, desc: CachedDescriptors, runs: list, log=print) -> FinalModel:
     """The classifier to deploy: once the splits are evaluated, one fit on every labelled
     sample the protocol reads (the union of its splits: a folder's or CSV's every image,
     VOC-2007's trainval and test, Caltech's images of the three splits), with the C validation
@@ -224,7 +224,7 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
     --cache-dir and --root); the Result holds the trained models of its splits."""
     cfg.check(data)
     start = time.perf_counter()
-    desc = Descriptors(data, cfg, cache_dir, root, log=log)
+    desc = CachedDescriptors(data, cfg, cache_dir, root, log=log)
     n_classes = len(data.classes)
     runs = []
     for split in protocol_of(data).splits(data.splits):

@@ -86,7 +86,7 @@ def load_datasets(pipelines, root) -> tuple[dict[str, Dataset], dict[str, str]]:
     return found, missing
 
 
-def plan(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple[Job, ExtractionCost | None, str]]:
+def job_costs(pipelines, root, cache_dir: Path, dtype: str = "float32") -> list[tuple[Job, ExtractionCost | None, str]]:
     """(job, cost, remark) per extraction job; for a dataset not on disk, the cost assumes the
     official image count at a typical VOC size (remark says so) or is None when unknown."""
     datasets, missing = load_datasets(pipelines, root)
@@ -152,7 +152,7 @@ class Estimate:
 def estimate(pipelines, root, cache_dir: Path, device: str = "cpu", dtype: str = "float32",
              gflops: float | None = None) -> Estimate:
     """The cost and time of the extractions these pipelines need (nothing is computed)."""
-    costs = plan(pipelines, root, cache_dir, dtype)
+    costs = job_costs(pipelines, root, cache_dir, dtype)
     default = Rate(gflops, "--gflops") if gflops else bench_rate(dtype, device) or quick_rate(device, dtype)
     here = device_name(device=device)
     rows = [(job, c, note, default if gflops or c is None or not c.cache.is_file()

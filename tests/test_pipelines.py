@@ -16,7 +16,7 @@ from featx.errors import ConfigError
 from featx.kernels import cpu_info
 from featx.pipeline import all_pipelines, load_pipeline, select
 from featx.results import read_result, render_markdown
-from featx.reproduce import plan
+from featx.reproduce import job_costs
 
 from minitrees import make_caltech, make_voc
 
@@ -125,7 +125,7 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     pipes.mkdir()
     (pipes / "voc2007-T.toml").write_text(GOOD)
     cache = tmp_path / "featx-cache"
-    (job, cost, note), = plan(all_pipelines(pipes), tmp_path, cache)
+    (job, cost, note), = job_costs(all_pipelines(pipes), tmp_path, cache)
     by_hand = 3 * (2 * hand_count_flops(224, 298) + 2 * hand_count_flops(256, 341)) * 2  # 2 orientations
     assert (job.net, job.scales, cost.pairs, cost.cached, note) == ("T", (224, 256), 12, 0, "")
     assert cost.flops == by_hand
@@ -138,7 +138,7 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["extract", "--dataset", "voc2007", "--net", "T", "--weights", "random",
                                   "--scales", "256", "--root", str(tmp_path), "-q"])
     assert r.exit_code == 0, r.output
-    (_, cost, _), = plan(all_pipelines(pipes), tmp_path, cache)
+    (_, cost, _), = job_costs(all_pipelines(pipes), tmp_path, cache)
     assert (cost.pairs, cost.cached) == (6, 6) and cost.flops == 3 * 2 * hand_count_flops(224, 298) * 2
     # the time comes from the cache's own measured rate: its timed rows' FLOPs over their wall time
     from featx.cache import DescriptorCache
@@ -175,7 +175,7 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     assert share == (0.25 if "amx_bf16" in cpu_info().flags else 0.7)
     bf16_cache = cost.cache.with_name(cost.cache.stem + "-bfloat16.h5")
     with FileLock(str(bf16_cache) + ".lock"):
-        (_, _, note), = plan(all_pipelines(pipes), tmp_path, cache, "bfloat16")
+        (_, _, note), = job_costs(all_pipelines(pipes), tmp_path, cache, "bfloat16")
         r = CliRunner().invoke(main, bf16)
     assert note == "being extracted now" and asked == [(1024, torch.bfloat16)]
     assert f"rate {100 * share:.0f} GFLOP/s: measured now: 100 GFLOP/s matrix products x {share:g}" in r.output
