@@ -113,7 +113,6 @@ class OneVsRestSVM(ClassifierMixin, BaseEstimator):
         self.device = device
 
     def fit(self, X, y):
-
         from sklearn.exceptions import DataConversionWarning
         from sklearn.utils.multiclass import check_classification_targets
         from sklearn.utils.validation import validate_data

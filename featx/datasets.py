@@ -389,7 +389,7 @@ def numbered_splits(labels, classes, n_splits: int = N_SPLITS, where=None) -> di
 
 
 def write_split(path: Path, split: dict):
-
+    """A split file (id, subset per row) written whole or not at all."""
     text = io.StringIO(newline="")
     w = csv.writer(text)
     w.writerow(["id", "subset"])

@@ -28,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError, WeightsError
 from .specs import NETS
-from .weights import NAMED_SOURCES, TORCHVISION, Preprocess, _load_pth, random_source, resolve_vgg_weights
+from .weights import NAMED_SOURCES, TORCHVISION, Preprocess, load_pth, random_source, resolve_vgg_weights
 
 # timm's VGGs that featx's own VGG weight sources fit (same tensors, another layout)
 VGG_NETS = {"vgg16": "D", "vgg19": "E"}
@@ -256,4 +256,4 @@ def _read_state(path: Path) -> dict:
             return load_file(str(path))
         except Exception as e:  # noqa: BLE001  (safetensors raises its own types)
             raise WeightsError(f"cannot read weights {path}: {e}") from None
-    return _load_pth(path)
+    return load_pth(path)

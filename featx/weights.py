@@ -268,7 +268,7 @@ def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
                 raise WeightsError(f"weights file {path} does not exist (given as {weights})")
             return source, path, fixed, lambda: _load_weights_file(path, spec)
         published = weight_source(source, spec.arch)
-        return source, published.file, fixed, lambda: _load_pth(
+        return source, published.file, fixed, lambda: load_pth(
             _fetch(published.url, check_hash=published.hash_checked, progress=progress))
     if source == "random":
         return random_source(spec, weights, local, chosen or TORCHVISION)
@@ -283,7 +283,7 @@ def resolve_vgg_weights(spec, weights, chosen, preprocess, progress):
                            "name its preprocessing, caffe (BGR, 0..255, mean-subtracted) or torchvision "
                            "(RGB, 0..1, ImageNet mean/std): --preprocess caffe on the command line, "
                            "preprocess='caffe' in Python")
-    return "file", path, chosen, lambda: _load_pth(path)
+    return "file", path, chosen, lambda: load_pth(path)
 
 
 # -- the tensor digest of each weights file, remembered between processes ---------------------
@@ -344,7 +344,7 @@ def remember_digest(path, arch: str, digest: str) -> None:
 
 
 def _load_weights_file(path: Path, spec: "NetSpec") -> dict:
-    return convert_keras_h5(path, spec) if path.suffix.lower() in (".h5", ".hdf5") else _load_pth(path)
+    return convert_keras_h5(path, spec) if path.suffix.lower() in (".h5", ".hdf5") else load_pth(path)
 
 
 def _fetch(url: str, check_hash: bool, progress: bool) -> Path:
@@ -373,8 +373,9 @@ def _reason(e: Exception) -> str:
     return str(getattr(e, "reason", None) or e).strip() or type(e).__name__
 
 
-def _load_pth(path: Path) -> dict:
-
+def load_pth(path: Path) -> dict:
+    """A torch state_dict file, read as tensors only (never pickled code); a checkpoint's
+    "state_dict" taken out. Any other content is a WeightsError naming the file."""
     import torch
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)

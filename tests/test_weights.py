@@ -202,8 +202,8 @@ def test_extractors_of_the_same_weights_share_one_net_and_lazy_ones_read_nothing
     path = tmp_path / "t.pth"
     torch.save(random_state_dict(NETS["T"], seed=5), path)
     reads = []
-    real = fw._load_pth
-    monkeypatch.setattr(fw, "_load_pth", lambda p: reads.append(p) or real(p))
+    real = fw.load_pth
+    monkeypatch.setattr(fw, "load_pth", lambda p: reads.append(p) or real(p))
     lazy = Extractor("T", scales=(224,), weights=path, preprocess="caffe", device="cpu", lazy=True)
     assert reads == [] and not lazy.loaded and lazy.provenance()["weights_file"] == str(path)
     a = Extractor("T", scales=(224,), weights=path, preprocess="caffe", device="cpu")
