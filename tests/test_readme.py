@@ -108,3 +108,11 @@ def test_the_readme_python_example_runs(tmp_path, monkeypatch):
     assert namespace["X"].shape == (4, 16) and len(namespace["ids"]) == 4
     assert namespace["names"][0] == "E_Q256_0" and namespace["search"].best_params_["svm__C"] in (0.1, 1, 10)
     assert (tmp_path / "vgg-cache" / "E-vgg19_caffe.h5").is_file()
+
+
+def test_the_design_page_places_every_module_in_a_stage():
+    page = (ROOT / "docs" / "design.md").read_text()
+    listed = set(re.findall(r"`(\w+)\.py`", page))
+    modules = {p.stem for p in (ROOT / "featx").glob("*.py")} - {"__init__", "__main__"}
+    assert modules <= listed, sorted(modules - listed)
+    assert listed <= modules | {"setup"}, sorted(listed - modules)
