@@ -168,6 +168,7 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     Examples:
       featx extract --images photos/ --net E --weights vgg19.pth --preprocess caffe --out e.h5
       featx extract --dataset voc2007 --net D,E --scales 256:768 --split trainval,test
+      featx extract --images photos/ --net E,timm:convnext_tiny --weights E=caffe --scales 256
       featx extract --dataset caltech256 --net D,E --scales 256:512 --engine ray \\
           --address auto --gpus-per-worker 1
     """

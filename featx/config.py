@@ -31,6 +31,8 @@ def one_of(choices: tuple) -> Callable:
 def check_nets(value, name, spec) -> tuple:
     if isinstance(value, str):
         value = tuple(v for v in value.split(",") if v.strip())
+    if not hasattr(value, "__iter__") or any(not isinstance(n, str) and not hasattr(n, "forward_flops") for n in value):
+        raise ConfigError(f"{name} {value!r}: give net names, e.g. ('D', 'E') or ('timm:resnet50',)")
     nets = tuple(get_spec(n).name for n in value)  # "e" -> "E"; an unknown name says what is known
     if not nets or len(set(nets)) != len(nets):
         raise ConfigError(f"{name} {list(value)}: name at least one net, each once")
@@ -183,6 +185,15 @@ class DescriptorSpec(_Checked):
         (featx.paths.cache_path: by the net, its weights and the compute type)."""
         return cache_path(images, net, self.weights[net], self.dtype, cache_dir, root)
 
+    def replace(self, **changes) -> "DescriptorSpec":
+        """With other nets and no weights or preprocessing given, the nets kept keep theirs
+        (the others get their defaults)."""
+        if "nets" in changes:
+            nets = check_nets(changes["nets"], "nets", self)
+            for name in ("weights", "preprocess"):
+                changes.setdefault(name, {n: v for n, v in getattr(self, name).items() if n in nets})
+        return dataclasses.replace(self, **changes)
+
     def nets_name(self) -> str:
         """The nets in file names: "DE" for the paper's, else file names joined by "+"."""
         if all(n in NETS for n in self.nets):
@@ -200,6 +211,15 @@ class ProtocolSpec(_Checked):
     device: str = "cpu"
 
     CONSTRAINTS = {"solver": one_of(SOLVERS), "c_grid": check_c_grid, "device": check_text}
+
+
+def _split_fields(fields: dict) -> tuple[dict, dict]:
+    """Configuration fields as (DescriptorSpec's, ProtocolSpec's); an unknown one is refused."""
+    d, p = ({f.name for f in dataclasses.fields(kind)} for kind in (DescriptorSpec, ProtocolSpec))
+    unknown = sorted(set(fields) - d - p)
+    if unknown:
+        raise ConfigError(f"unknown configuration field {unknown[0]!r}: the fields are {', '.join(sorted(d | p))}")
+    return {k: v for k, v in fields.items() if k in d}, {k: v for k, v in fields.items() if k in p}
 
 
 @dataclass(frozen=True)
@@ -234,20 +254,14 @@ class Config:
     @classmethod
     def of(cls, dataset: str, **fields) -> "Config":
         """Config.of("voc2007", nets=("D",), solver="liblinear"): each field to its spec."""
-        names = {f.name for f in dataclasses.fields(DescriptorSpec)}, {f.name for f in dataclasses.fields(ProtocolSpec)}
-        unknown = sorted(set(fields) - names[0] - names[1])
-        if unknown:
-            raise ConfigError(f"unknown configuration field {unknown[0]!r}: the fields are "
-                              f"{', '.join(sorted(names[0] | names[1]))}")
-        return cls(dataset, DescriptorSpec(**{k: v for k, v in fields.items() if k in names[0]}),
-                   ProtocolSpec(**{k: v for k, v in fields.items() if k in names[1]}))
+        d, p = _split_fields(fields)
+        return cls(dataset, DescriptorSpec(**d), ProtocolSpec(**p))
 
     def replace(self, **fields) -> "Config":
         """This configuration with some fields changed (checked again)."""
-        d = {k: v for k, v in fields.items() if k in {f.name for f in dataclasses.fields(DescriptorSpec)}}
-        p = {k: v for k, v in fields.items() if k not in d and k != "dataset"}
-        return Config(fields.get("dataset", self.dataset), self.descriptor.replace(**d),
-                      self.protocol.replace(**p))
+        dataset = fields.pop("dataset", self.dataset)
+        d, p = _split_fields(fields)
+        return Config(dataset, self.descriptor.replace(**d), self.protocol.replace(**p))
 
     def check(self, data) -> "Config":
         """What only the dataset can say: whether it has the views the setting reads."""

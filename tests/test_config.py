@@ -31,6 +31,8 @@ def test_a_descriptor_spec_is_normalised_when_made():
     (dict(nets=()), "nets", r"name at least one net, each once"),
     (dict(nets=("D", "d")), "nets", r"name at least one net, each once"),
     (dict(nets=("F",)), "nets", r"unknown net 'F'"),
+    (dict(nets=("D", 5)), "nets", r"nets \('D', 5\): give net names"),
+    (dict(nets=5), "nets", r"nets 5: give net names"),
     (dict(scales=(200,)), "scales", r"scale Q=200 is too small: Net-D needs"),
     (dict(scales="256"), "scales", r"scales"),
     (dict(aggregate="median"), "aggregate", r"aggregate 'median': choose one of mean, stack, max"),
@@ -76,6 +78,11 @@ def test_a_config_is_stored_flat_and_read_back_as_itself():
         Config.of("caltech101", colour="red")
     with pytest.raises(FieldError, match="aggregate 'mode'"):
         cfg.replace(aggregate="mode")
+    with pytest.raises(ConfigError, match="unknown configuration field 'colour'"):
+        cfg.replace(colour="red")
+    # other nets: the ones kept keep their weights, a new one gets its default
+    assert cfg.replace(nets=("E", "T")).weights == {"E": "caffe", "T": "torchvision"}
+    assert cfg.replace(nets=("E",), weights="random").weights == {"E": "random"}
 
 
 def test_every_committed_result_and_shipped_pipeline_reads_as_typed_specs():
