@@ -26,6 +26,8 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .options import DEFAULT_NET
+from .specs import default_weights
 
 _HERE = Path(__file__).resolve().parent
 
@@ -101,7 +103,7 @@ def parse_image_set(spec) -> tuple[str, Path | None]:
     return (path.resolve().name if path.is_dir() else path.stem), path
 
 
-def cache_path(images, net: str = "D", weights="torchvision", dtype: str = "float32",
+def cache_path(images, net: str = DEFAULT_NET, weights=None, dtype: str = "float32",
                cache_dir=None, root=None) -> Path:
     """The cache file of an image set for one net, weight source and compute type: the one
     rule behind every command (extract, svm, predict, reproduce, info).
@@ -109,14 +111,15 @@ def cache_path(images, net: str = "D", weights="torchvision", dtype: str = "floa
     images: a Dataset or ImageSet (featx.datasets), or its name as on the command line
     ("voc2007", "folder:photos", "csv:labels.csv", or a folder or list file of images).
     cache_dir, root: --cache-dir and --root ($FEATX_CACHE_DIR, $FEATX_DATA_ROOT; default
-    ./datasets/featx-cache).
+    ./datasets/featx-cache). weights: the source (None: the net's default).
 
     >>> cache_path("folder:photos", net="E", weights="caffe")
     PosixPath('datasets/featx-cache/photos-1a2b3c4d/E-caffe.h5')
     """
-    from .cache import cache_file
+    from .cache import cache_file  # h5py: not for featx --help
     key = images.key if hasattr(images, "key") else image_set_key(*parse_image_set(images))
-    return cache_file(image_set_dir(key, cache_dir, root), net, weights, dtype)
+    return cache_file(image_set_dir(key, cache_dir, root), net, default_weights(net) if weights is None else weights,
+                      dtype)
 
 
 def image_set_dir(key: str, option=None, root=None) -> Path:

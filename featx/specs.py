@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .weights import Preprocess
 
 from .errors import ConfigError
-from .weights import resolve_vgg_weights
 
 
 class Backbone(Protocol):
@@ -118,6 +117,7 @@ class NetSpec:
         return flops + 2 * oh * ow * (c * self.fc6_window ** 2 * self.fc_dim + self.fc_dim * self.fc_dim)
 
     def resolve_weights(self, weights, chosen, preprocess, progress):
+        from .weights import resolve_vgg_weights  # weights -> paths -> specs: not at the top
         return resolve_vgg_weights(self, weights, chosen, preprocess, progress)
 
     def random_state_dict(self, seed: int) -> dict:
