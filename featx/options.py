@@ -11,8 +11,9 @@ DEFAULT_NET = "D"  # any name featx.specs.get_spec takes (NET_CHOICES there says
 # VOC-2007 rows use 256, 384 and 512 among others).
 DEFAULT_SCALES = (256, 384, 512)
 AGGREGATIONS = ("mean", "stack", "max")  # across scales: featx.fusion.AGGREGATORS
-# The input conventions of weights (featx.weights.PREPROCESS holds what each one is)
-PREPROCESS_NAMES = ("caffe", "torchvision")
+# The input conventions of weights (featx.weights.PREPROCESS holds what the first two are;
+# "timm" is a timm model's own, from its pretrained_cfg: featx.timm_net)
+PREPROCESS_NAMES = ("caffe", "torchvision", "timm")
 # The types a net can run in (featx.extract maps them to torch's). float32 is the paper's; the
 # others are faster where the hardware has them and get cache files of their own.
 COMPUTE_TYPES = ("float32", "bfloat16", "float16")

@@ -222,8 +222,13 @@ def load_weights(spec: "Backbone", weights=None, preprocess: str | None = None,
     featx remembers for the file (see `remembered_digest`), or "" where it knows none; nothing
     is read or downloaded (featx extract decides so whether there is anything to compute)."""
     chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
-    if preprocess is not None and chosen is None:
-        raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision'")
+    if preprocess == "timm":  # a timm model's own (its pretrained_cfg), as its caches record it
+        if not hasattr(spec, "preprocess"):
+            raise WeightsError(f"preprocess 'timm' is a timm model's own; {spec.label} takes caffe or torchvision")
+        chosen = spec.preprocess()
+    elif preprocess is not None and chosen is None:
+        raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision' "
+                           "(or, for a timm:MODEL net, 'timm': the model's own)")
     if isinstance(weights, Weights):  # already loaded (e.g. shipped to a Ray worker)
         if chosen is not None and chosen != weights.preprocess:
             raise WeightsError(f"these weights come with {weights.preprocess.name} preprocessing, "

@@ -207,3 +207,25 @@ def test_the_command_line_end_to_end(tmp_path, monkeypatch):
     assert len(frame) == 16 and len(frame.iloc[0]["timm:resnet18@224"]) == 512
     r = run("extract", "--dataset", "folder:pets", "--net", "timm:resnet_18", "-q")
     assert r.exit_code == 2 and "unknown timm model 'resnet_18'" in r.output
+
+
+def test_a_model_with_its_own_preprocessing_trains_and_predicts(tmp_path, monkeypatch):
+    """A ViT whose pretrained_cfg has its own mean/std: its caches record preprocess "timm",
+    which the result, the model record and featx predict read back."""
+    monkeypatch.chdir(tmp_path)
+    for c, seed in (("cats", 0), ("dogs", 100)):
+        for i in range(6):
+            make_image(tmp_path / "pets" / c / f"{i}.jpg", (250, 230), seed=seed + i, fmt="JPEG")
+    net = "timm:vit_tiny_patch16_224.augreg_in21k"
+    assert get_spec(net).preprocess().mean == (0.5, 0.5, 0.5)
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
+    r = run("svm", "folder:pets", "--net", net, "--weights", "random", "--scales", "160", "--extract",
+            "--results-dir", "res", "--c-grid", "1")
+    assert r.exit_code == 0, r.output
+    record = tmp_path / "res" / "pets" / "timm-vit_tiny_patch16_224.augreg_in21k-160-160x1-mean.model.json"
+    meta = json.loads(record.read_text())
+    assert meta["descriptor"]["preprocess"] == {net: "timm"}
+    r = run("predict", record, tmp_path / "pets" / "dogs" / "1.jpg")
+    assert r.exit_code == 0 and "dogs/1.jpg: " in r.output, r.output
+    with pytest.raises(WeightsError, match="preprocess 'timm' is a timm model's own; Net-T takes"):
+        Extractor("T", weights="random", preprocess="timm")

