@@ -110,8 +110,14 @@ def check_weights(value, name, spec) -> dict:
 
 
 def check_preprocess(value, name, spec) -> dict:
-    """{net: preprocessing name or None (the weights' own)}."""
-    return per_net(value, spec.nets, name, PREPROCESS_NAMES)
+    """{net: preprocessing name or None (the weights' own)}; "timm" (a timm model's own) for
+    timm nets only."""
+    out = per_net(value, spec.nets, name, PREPROCESS_NAMES)
+    for net, v in out.items():
+        if v == "timm" and not hasattr(get_spec(net), "preprocess"):
+            raise ConfigError(f"{name} of {net}: 'timm' is a timm model's own preprocessing; "
+                              f"{label_of(net)} takes caffe or torchvision")
+    return out
 
 
 def check_flag(value, name, spec) -> bool:

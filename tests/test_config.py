@@ -39,6 +39,7 @@ def test_a_descriptor_spec_is_normalised_when_made():
     (dict(weights={"E": "caffe"}), "weights", r"weights names E, which is not among the nets \['D'\]"),
     (dict(weights=3), "weights", r"weights of D: 3 is not a name or a file path"),
     (dict(preprocess="bgr"), "preprocess", r"preprocess of D: 'bgr': choose one of caffe, torchvision, timm"),
+    (dict(preprocess="timm"), "preprocess", r"preprocess of D: 'timm' is a timm model's own preprocessing; Net-D"),
     (dict(flip="yes"), "flip", r"flip 'yes': give True or False"),
     (dict(dtype="int8"), "dtype", r"dtype 'int8': choose one of float32, bfloat16, float16"),
     (dict(setting="box"), "setting", r"setting 'box': choose one of image, image\+box"),
