@@ -219,6 +219,20 @@ class ProtocolSpec(_Checked):
     CONSTRAINTS = {"solver": one_of(SOLVERS), "c_grid": check_c_grid, "device": check_text}
 
 
+class ReadsDescriptor:
+    """A DescriptorSpec's fields read through `self.descriptor`, for what holds one (Config, a
+    pipeline, a model record): cfg.nets is cfg.descriptor.nets."""
+
+    nets = property(lambda self: self.descriptor.nets)
+    scales = property(lambda self: self.descriptor.scales)
+    aggregate = property(lambda self: self.descriptor.aggregate)
+    preprocess = property(lambda self: self.descriptor.preprocess)
+    flip = property(lambda self: self.descriptor.flip)
+    dtype = property(lambda self: self.descriptor.dtype)
+    setting = property(lambda self: self.descriptor.setting)
+    views = property(lambda self: self.descriptor.views)
+
+
 def _split_fields(fields: dict) -> tuple[dict, dict]:
     """Configuration fields as (DescriptorSpec's, ProtocolSpec's); an unknown one is refused."""
     d, p = ({f.name for f in dataclasses.fields(kind)} for kind in (DescriptorSpec, ProtocolSpec))
@@ -229,7 +243,7 @@ def _split_fields(fields: dict) -> tuple[dict, dict]:
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(ReadsDescriptor):
     """One experiment: a descriptor and a protocol on a dataset. Stored in result files flat,
     field by field, as featx has always written them (`to_json`, `from_json`)."""
 
@@ -244,15 +258,7 @@ class Config:
                 raise ConfigError(f"{name} must be a {kind.__name__}, got {getattr(self, name)!r}")
 
     # the fields read through, so a Config reads as the flat record it is stored as
-    nets = property(lambda self: self.descriptor.nets)
-    scales = property(lambda self: self.descriptor.scales)
-    aggregate = property(lambda self: self.descriptor.aggregate)
     weights = property(lambda self: self.descriptor.weights)
-    preprocess = property(lambda self: self.descriptor.preprocess)
-    flip = property(lambda self: self.descriptor.flip)
-    dtype = property(lambda self: self.descriptor.dtype)
-    setting = property(lambda self: self.descriptor.setting)
-    views = property(lambda self: self.descriptor.views)
     solver = property(lambda self: self.protocol.solver)
     c_grid = property(lambda self: self.protocol.c_grid)
     device = property(lambda self: self.protocol.device)

@@ -27,7 +27,7 @@ import numpy as np
 from . import __version__
 from .fusion import combine
 from .atomic import check_writable, replacing, write_bytes, write_text
-from .config import DescriptorSpec, FieldError
+from .config import DescriptorSpec, FieldError, ReadsDescriptor
 from .descriptor import Descriptor
 from .errors import ConfigError
 from .paths import cache_path
@@ -130,7 +130,7 @@ class WeightsRef:
 
 
 @dataclass(frozen=True)
-class ModelRecord:
+class ModelRecord(ReadsDescriptor):
     """A saved classifier's RUN.model.json, every field checked (read_model_record)."""
 
     path: Path
@@ -146,14 +146,6 @@ class ModelRecord:
     arrays: str  # the .npz file's name
     arrays_sha256: str | None  # None: format 1 (unchecked)
     featx_version: str
-
-    nets = property(lambda self: self.descriptor.nets)
-    scales = property(lambda self: self.descriptor.scales)
-    aggregate = property(lambda self: self.descriptor.aggregate)
-    setting = property(lambda self: self.descriptor.setting)
-    preprocess = property(lambda self: self.descriptor.preprocess)
-    flip = property(lambda self: self.descriptor.flip)
-    dtype = property(lambda self: self.descriptor.dtype)
 
     @property
     def digests(self) -> dict:

@@ -20,7 +20,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import Config, DescriptorSpec, FieldError, ProtocolSpec
+from .config import Config, DescriptorSpec, FieldError, ProtocolSpec, ReadsDescriptor
 from .datasets import DATASETS
 from .errors import ConfigError
 from .metrics import METRICS
@@ -35,7 +35,7 @@ REQUIRED = ("table", "row", "dataset", "nets", "scales", "aggregate", "metric")
 
 
 @dataclass
-class Pipeline:
+class Pipeline(ReadsDescriptor):
     """One of the paper's experiments (a pipelines/*.toml file): which row of which table, the
     descriptor and C grid it runs, the metric and the paper's figure."""
 
@@ -51,11 +51,7 @@ class Pipeline:
     note: str = ""
     baseline: str = ""  # ablations: the pipeline they are compared with
 
-    nets = property(lambda self: self.descriptor.nets)
-    scales = property(lambda self: self.descriptor.scales)
-    aggregate = property(lambda self: self.descriptor.aggregate)
     weights = property(lambda self: self.descriptor.weights)
-    setting = property(lambda self: self.descriptor.setting)
 
     def config(self, solver: str = "torch", device: str = "cpu", dtype: str = "float32") -> Config:
         return Config(self.dataset, self.descriptor.replace(dtype=dtype),
