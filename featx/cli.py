@@ -120,9 +120,11 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--scales", default="256:512", show_default=True,
               help="Short sides Q: 256:768 = 256..768 step 128; 256:768:64; or 256,384,512.")
 @click.option("--weights", help="VGG: torchvision (default), caffe, a .pth / Keras .h5 file. timm:MODEL: timm "
-                                "(default), a .pth / .safetensors file, random. Per net: D=a.pth,E=b.h5.")
+                                "(default), a .pth / .safetensors file, random. Per net: D=a.pth,E=b.h5 "
+                                "(a net not named gets its default).")
 @click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES),
-              help="Input convention of a bare .pth file (named sources carry their own).")
+              help="Input convention of a bare .pth file (named sources carry their own); timm: a "
+                   "timm:MODEL net's own mean and std, the default for its files.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Cache file (FILE.h5, one net) or folder (one <net>-<weights>.h5 per net).")
 @click.option("--cache-dir", help="Where dataset caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")

@@ -83,8 +83,8 @@ def parse_per_net(text: str | None, nets=None, default=None, option: str = "--we
                   form: str = "NET=VALUE, e.g. E=caffe:vgg19_caffe.pth") -> dict:
     """A per-net option as written on the command line: one value for every net of `nets`
     ("caffe"), or NET=VALUE pairs ("D=vgg16.pth,E=caffe:vgg19.pth,timm:resnet50=r50.pth").
-    nets: the nets that must each get a value (None: whichever are named); a net given none
-    gets default(net), or None without a default."""
+    nets: the nets that must each get a value (None: whichever are named); a net not named
+    gets default(net), and without a default is an error."""
     if text is None or "=" not in text:
         if nets is None:
             if text:
@@ -98,10 +98,14 @@ def parse_per_net(text: str | None, nets=None, default=None, option: str = "--we
             out[get_spec(net.strip()).name] = value.strip()
         except ConfigError as e:
             raise ConfigError(f"{option} {text!r}: {e}") from None
+    extra = [n for n in out if nets is not None and n not in nets]
+    if extra:
+        raise ConfigError(f"{option} {text!r} names {label_of(extra[0])}, which is not among the nets "
+                          f"({', '.join(map(label_of, nets))})")
     absent = [n for n in nets or () if n not in out]
-    if absent:
+    if absent and default is None:
         raise ConfigError(f"{option} {text!r}: no value given for {label_of(absent[0])}")
-    return out
+    return {n: out[n] if n in out else default(n) for n in nets} if nets is not None else out
 
 
 def check_weights(value, name, spec) -> dict:

@@ -109,3 +109,22 @@ def test_a_bad_configuration_in_a_result_file_names_the_file(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(d))
     with pytest.raises(ConfigError, match=r"r.json: its configuration is not valid: aggregate 'median'"):
         read_result(tmp_path / "r.json")
+
+
+def test_per_net_options_as_written_on_the_command_line():
+    from featx.config import parse_per_net
+    from featx.specs import default_weights
+    nets = ["D", "E"]
+    assert parse_per_net("caffe", nets) == {"D": "caffe", "E": "caffe"}
+    assert parse_per_net(None, nets, default_weights) == {"D": "torchvision", "E": "torchvision"}
+    assert parse_per_net("e=caffe:w/vgg19.pth", nets, default_weights) == {"D": "torchvision", "E": "caffe:w/vgg19.pth"}
+    assert parse_per_net("D=a.pth,E=b.h5", nets) == {"D": "a.pth", "E": "b.h5"}
+    with pytest.raises(ConfigError, match=r"--preprocess 'E=caffe': no value given for Net-D"):
+        parse_per_net("E=caffe", nets, option="--preprocess")
+    with pytest.raises(ConfigError, match=r"--weights 'T=random' names Net-T, which is not among the nets \(Net-D, Net-E\)"):
+        parse_per_net("T=random", nets, default_weights)
+    with pytest.raises(ConfigError, match="unknown net 'X'"):
+        parse_per_net("X=a.pth", nets)
+    assert parse_per_net("E=caffe:w.pth", option="--local-weights") == {"E": "caffe:w.pth"}
+    with pytest.raises(ConfigError, match="--local-weights 'E': write NET=VALUE"):
+        parse_per_net("E", option="--local-weights")
