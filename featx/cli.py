@@ -82,6 +82,12 @@ def parse_per_net(text: str | None, nets: list[str], default=None, option: str =
         raise click.BadParameter(str(e)) from None
 
 
+def parse_preprocess(text: str | None, nets: list[str]) -> dict:
+    """--preprocess per net; a net not named keeps its weights' own (None). The names are
+    checked where the descriptor is (featx.config.DescriptorSpec)."""
+    return parse_per_net(text, nets, lambda net: None, option="--preprocess")
+
+
 def parse_weights(text: str | None, nets: list[str]) -> dict:
     """--weights per net; a net not named gets its backbone's default source."""
     from .specs import default_weights
@@ -122,9 +128,9 @@ def command_of(ctx: click.Context) -> str:
 @click.option("--weights", help="VGG: torchvision (default), caffe, a .pth / Keras .h5 file. timm:MODEL: timm "
                                 "(default), a .pth / .safetensors file, random. Per net: D=a.pth,E=b.h5 "
                                 "(a net not named gets its default).")
-@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES),
-              help="Input convention of a bare .pth file (named sources carry their own); timm: a "
-                   "timm:MODEL net's own mean and std, the default for its files.")
+@click.option("--preprocess", help=f"Input convention of a bare .pth file: {', '.join(PREPROCESS_NAMES)} "
+                                   "(named sources carry their own; timm: a timm:MODEL net's own mean and std, "
+                                   "the default for its files). Per net: D=caffe,E=torchvision.")
 @click.option("--out", type=click.Path(path_type=Path),
               help="Cache file (FILE.h5, one net) or folder (one <net>-<weights>.h5 per net).")
 @click.option("--cache-dir", help="Where dataset caches go [env FEATX_CACHE_DIR, default ROOT/featx-cache].")
@@ -178,10 +184,13 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
     from .datasets import load_dataset, load_image_list
     from .paths import cache_path
 
+    from .config import DescriptorSpec
+
     nets = parse_nets(nets)
-    scales = parse_scales(scales)
-    weights = parse_weights(weights, nets)
-    preprocess = parse_per_net(preprocess, nets, option="--preprocess")
+    # the one validation of a descriptor (its scales, weights, preprocessing, compute type)
+    spec = DescriptorSpec(nets=nets, scales=parse_scales(scales), weights=parse_weights(weights, nets),
+                          preprocess=parse_preprocess(preprocess, nets), flip=not no_flip, dtype=dtype)
+    scales, weights, preprocess = spec.scales, spec.weights, spec.preprocess
     if bool(images) == bool(dataset):
         raise click.UsageError("give either --images or --dataset")
     if images and split:
@@ -445,7 +454,7 @@ def datasets_download(name, root):
 @click.option("--aggregate", type=click.Choice(AGGREGATIONS), default="mean", show_default=True,
               help="Across scales: mean (VOC's best), stack (Caltech's best) or max.")
 @click.option("--weights", help="Weight source the caches were computed with (as for extract).")
-@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES), help="For --extract with a bare .pth.")
+@click.option("--preprocess", help="For --extract with a bare .pth (as for extract).")
 @click.option("--setting", type=click.Choice(SETTINGS), default="image", show_default=True,
               help="voc2012-action: whole image only, or stacked with the person box.")
 @click.option("--solver", type=click.Choice(SOLVERS), default="torch", show_default=True,
@@ -500,7 +509,7 @@ def train_and_evaluate(dataset, nets, scales, aggregate, weights, preprocess, se
     nets = parse_nets(nets)
     scales = parse_scales(scales)
     weights = parse_weights(weights, nets)
-    preprocess = parse_per_net(preprocess, nets, option="--preprocess")
+    preprocess = parse_preprocess(preprocess, nets)
     try:
         grid = tuple(float(c) for c in c_grid.split(","))
     except ValueError:
@@ -618,7 +627,7 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
               help="Where the images, the descriptor cache and the results go.")
 @click.option("--net", "nets", default=DEFAULT_NET, show_default=True, help="D, E, timm:MODEL or several: D,E.")
 @click.option("--weights", help="torchvision (default: downloaded once, then cached) or a file, e.g. E=vgg19.pth.")
-@click.option("--preprocess", type=click.Choice(PREPROCESS_NAMES), help="Input convention of a bare .pth.")
+@click.option("--preprocess", help="Input convention of a bare .pth (as for extract).")
 @click.option("--per-class", default=50, show_default=True, help="Images per class (4..100).")
 @click.option("--scales", default="256", show_default=True, help="Short sides Q (as for extract).")
 @click.option("--device", default="auto", show_default=True)

@@ -29,7 +29,7 @@ def click_options(name):
 
 
 @pytest.mark.parametrize("name,choices", [
-    ("aggregate", options.AGGREGATIONS), ("solver", options.SOLVERS), ("preprocess", options.PREPROCESS_NAMES),
+    ("aggregate", options.AGGREGATIONS), ("solver", options.SOLVERS),
     ("dtype", options.COMPUTE_TYPES), ("setting", options.SETTINGS), ("engine", options.ENGINES)])
 def test_the_command_line_offers_the_choices_of_featx_options(name, choices):
     found = list(click_options(name))
@@ -83,3 +83,23 @@ def test_every_environment_variable_is_read_in_paths():
         text = path.read_text()
         for name in re.findall(r'environ(?:\.get)?\(?\[?"((?:FEATX|RAY)_[A-Z_]+)"', text):
             pytest.fail(f"{path.name} reads ${name}: read it through featx.paths")
+
+
+def test_preprocess_is_given_per_net_and_checked_by_the_descriptor_spec(tmp_path):
+    """--preprocess is per net like --weights (D=caffe,E=torchvision), so not a click choice:
+    its names are checked once, by featx.config.DescriptorSpec, which lists them."""
+    from click.testing import CliRunner
+
+    from conftest import make_image
+    from featx.cache import DescriptorCache
+    for command, p in click_options("preprocess"):
+        assert not isinstance(p.type, click.Choice), command
+    for i in range(2):
+        make_image(tmp_path / "img" / f"{i}.png", (240, 230), seed=i)
+    base = ["extract", "--images", tmp_path / "img", "--net", "T", "--weights", "random", "--scales", "224", "-q"]
+    run = lambda *a: CliRunner().invoke(main, [str(x) for x in a])  # noqa: E731
+    r = run(*base, "--preprocess", "bgr", "--out", tmp_path / "a.h5")
+    assert r.exit_code == 1 and "preprocess of T: 'bgr': choose one of caffe, torchvision, timm" in r.output, r.output
+    r = run(*base, "--preprocess", "T=caffe", "--out", tmp_path / "b.h5")
+    assert r.exit_code == 0, r.output
+    assert DescriptorCache(tmp_path / "b.h5").made_with.preprocess == "caffe"
