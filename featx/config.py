@@ -118,7 +118,7 @@ def check_preprocess(value, name, spec) -> dict:
     timm nets only."""
     out = per_net(value, spec.nets, name, PREPROCESS_NAMES)
     for net, v in out.items():
-        if v == "timm" and not hasattr(get_spec(net), "preprocess"):
+        if v == "timm" and get_spec(net).own_preprocess() is None:
             raise ConfigError(f"{name} of {net}: 'timm' is a timm model's own preprocessing; "
                               f"{label_of(net)} takes caffe or torchvision")
     return out

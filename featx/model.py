@@ -55,10 +55,7 @@ def model_record(result, trained_on: str) -> dict:
     descriptor (nets, scales, aggregation, flip, compute type, and per net the weights by source,
     file name and tensor digest: never a path of the machine that trained it), the classes,
     and what it was fit on with which C."""
-    cfg, made = result.config, result.descriptors
-    flips = {bool(m.get("flip", True)) for m in made.values()}
-    if len(flips) > 1:
-        raise ConfigError("the nets' caches differ in flipping; one descriptor cannot match both")
+    cfg, made = result.config, result.descriptors  # cfg.flip: the caches' (experiment.CachedDescriptors)
     weights = {}
     for net, m in made.items():
         file = str(m.get("weights_file") or "")
@@ -67,7 +64,7 @@ def model_record(result, trained_on: str) -> dict:
     final = result.final
     return {"descriptor": {"nets": list(cfg.nets), "scales": list(cfg.scales), "aggregate": cfg.aggregate,
                            "setting": cfg.setting, "weights": weights, "preprocess": dict(cfg.preprocess),
-                           "flip": flips.pop(), "dtype": result.compute_dtype},
+                           "flip": cfg.flip, "dtype": result.compute_dtype},
             "classes": list(result.classes), "dataset": result.dataset, "trained_on": trained_on,
             "samples": final.samples if final else None, "C": final.C if final else result.runs[0].C,
             "C_chosen_by": final.chosen_by if final else "validation of the first split"}

@@ -15,9 +15,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import WeightsError
 from .kernels import Kernels, onednn_linear, to_fused_convs, to_onednn_convs
 from .specs import NETS, NetSpec, get_spec  # noqa: F401  (featx.nets.NETS, as before)
+from .weights import check_tensors
 
 
 def make_layers(layers) -> nn.Sequential:
@@ -112,16 +112,8 @@ class DenseVGG(nn.Module):
         if self.fc8 is not None:
             expected.update({"classifier.6.weight": (spec.num_classes, spec.fc_dim),
                              "classifier.6.bias": (spec.num_classes,)})
-        missing = [k for k in expected if k not in state]
-        if missing:
-            raise WeightsError(f"{origin}: missing {len(missing)} tensor(s) for Net-{spec.name} "
-                             f"({spec.arch}): {', '.join(missing[:6])}"
-                             f"{' ...' if len(missing) > 6 else ''}")
-        for key, shape in expected.items():
-            got = tuple(state[key].shape)
-            if got != shape:
-                raise WeightsError(f"{origin}: tensor {key} has shape {got}, expected {shape} "
-                                 f"for Net-{spec.name} ({spec.arch})")
+        # extra tensors are let be: a full checkpoint holds fc8, which the dense net may not use
+        check_tensors(state, expected, origin, f"{spec.label} ({spec.arch})")
         with torch.no_grad():
             self.features.load_state_dict(
                 {k[len("features."):]: v for k, v in state.items() if k.startswith("features.")})

@@ -50,6 +50,10 @@ class Backbone(Protocol):
 
     def forward_flops(self, h: int, w: int) -> int: ...  # of one forward pass on an h x w input
 
+    def own_preprocess(self) -> "Preprocess | None":
+        """The preprocessing the model itself defines (timm's pretrained_cfg), which the name
+        "timm" stands for; None where the weight source alone says (VGG)."""
+
     def resolve_weights(self, weights, chosen: "Preprocess | None", preprocess: str | None,
                         progress: bool) -> tuple[str, object, "Preprocess", Callable[[], dict]]:
         """(source, file or None, preprocessing, a function reading the state_dict)."""
@@ -116,6 +120,9 @@ class NetSpec:
         oh, ow = h - self.fc6_window + 1, w - self.fc6_window + 1
         return flops + 2 * oh * ow * (c * self.fc6_window ** 2 * self.fc_dim + self.fc_dim * self.fc_dim)
 
+    def own_preprocess(self):
+        return None  # each VGG weight source carries its own
+
     def resolve_weights(self, weights, chosen, preprocess, progress):
         from .weights import resolve_vgg_weights  # weights -> paths -> specs: not at the top
         return resolve_vgg_weights(self, weights, chosen, preprocess, progress)
@@ -171,17 +178,6 @@ def default_weights(net: "str | Backbone") -> str:
 def label_of(net) -> str:
     """A net's name in messages, without building it: "Net-E", "timm:resnet50"."""
     return NETS[net].label if isinstance(net, str) and net in NETS else getattr(net, "label", str(net))
-
-
-def is_net(name) -> bool:
-    """Whether `name` names a backbone (a model record or pipeline file lists nets by name)."""
-    if not isinstance(name, str):
-        return False
-    try:
-        get_spec(name)
-    except ConfigError:
-        return False
-    return True
 
 
 # The largest scale featx takes: a 4:3 image at Q = 2048 is 2048 x 2730, 16 GB of first-layer

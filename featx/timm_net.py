@@ -21,6 +21,7 @@ import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -28,7 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .errors import ConfigError, WeightsError
 from .specs import NETS
-from .weights import NAMED_SOURCES, TORCHVISION, Preprocess, load_pth, random_source, resolve_vgg_weights
+from .weights import (NAMED_SOURCES, TORCHVISION, Preprocess, check_tensors, load_pth, random_source,
+                      resolve_vgg_weights)
 
 # timm's VGGs that featx's own VGG weight sources fit (same tensors, another layout)
 VGG_NETS = {"vgg16": "D", "vgg19": "E"}
@@ -78,27 +80,39 @@ class TimmDense(nn.Module):
         return pooled_features(self.model, x)
 
 
+class Facts(NamedTuple):
+    """What featx needs to know of a timm model before it loads any weights."""
+
+    dim: int  # pre-logits features
+    flops: int  # of one forward pass at 224 x 224
+    mean: tuple  # of its pretrained_cfg (ImageNet's where it has none)
+    std: tuple
+    stride: int  # of its last feature map
+    classifier: str  # the head's name in a full checkpoint ("fc", "head", "head.fc")
+
+
+def _count(net, device: str) -> tuple[int, int]:
+    """(dim, FLOPs) of the net's pre-logits features at 224 x 224 on `device`."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = pooled_features(net.eval(), torch.zeros(1, 3, 224, 224, device=device))
+    return int(out.shape[1]), int(counter.get_total_flops())
+
+
 @functools.lru_cache(maxsize=None)
-def _facts(model: str) -> tuple[int, int, tuple, tuple, int]:
-    """(dim, FLOPs at 224 x 224, mean, std, feature stride) of a timm model, from one forward
-    pass on the meta device (shapes, no values: milliseconds), or on CPU where meta fails."""
+def facts(model: str) -> Facts:
+    """The Facts of a timm model, from one forward pass on the meta device (shapes, no values:
+    milliseconds), or on CPU for a model with an op the meta device lacks."""
     with torch.device("meta"):
         net = create(model)
     cfg = getattr(net, "pretrained_cfg", None) or {}
-    mean, std = tuple(cfg.get("mean", (0.485, 0.456, 0.406))), tuple(cfg.get("std", (0.229, 0.224, 0.225)))
     info = getattr(net, "feature_info", None)
-    stride = int(info[-1].get("reduction", 32)) if isinstance(info, list) and info else 32
-    for device in ("meta", "cpu"):
-        try:
-            if device == "cpu":
-                net = create(model)
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                out = pooled_features(net.eval(), torch.zeros(1, 3, 224, 224, device=device))
-            return int(out.shape[1]), int(counter.get_total_flops()), mean, std, stride
-        except (RuntimeError, NotImplementedError, TypeError):
-            if device == "cpu":
-                raise
-    raise AssertionError("unreachable")
+    try:
+        dim, flops = _count(net, "meta")
+    except (RuntimeError, NotImplementedError, TypeError):
+        dim, flops = _count(create(model), "cpu")
+    return Facts(dim, flops, tuple(cfg.get("mean", TORCHVISION.mean)), tuple(cfg.get("std", TORCHVISION.std)),
+                 int(info[-1].get("reduction", 32)) if isinstance(info, list) and info else 32,
+                 cfg.get("classifier") or "head")
 
 
 @dataclass(frozen=True)
@@ -140,29 +154,29 @@ class TimmSpec:
 
     @property
     def dim(self) -> int:
-        return _facts(self.model)[0]
+        return facts(self.model).dim
 
     @property
     def min_side(self) -> int:
         # timm's VGG pools a map smaller than fc6's 7x7 window up to it: not the paper's net
-        return 224 if self.base in VGG_NETS else max(32, _facts(self.model)[4])
+        return 224 if self.base in VGG_NETS else max(32, facts(self.model).stride)
 
     def forward_flops(self, h: int, w: int) -> int:
         """Counted by torch's FlopCounterMode at 224 x 224 and scaled by the area: exact for a
         CNN up to its borders, an estimate for attention, whose cost grows faster."""
-        return round(_facts(self.model)[1] * h * w / (224 * 224))
+        return round(facts(self.model).flops * h * w / (224 * 224))
 
-    def preprocess(self):
+    def own_preprocess(self):
         """The preprocessing of the model's pretrained weights (its pretrained_cfg)."""
-        _, _, mean, std, _ = _facts(self.model)
-        if (mean, std) == (TORCHVISION.mean, TORCHVISION.std):
+        f = facts(self.model)
+        if (f.mean, f.std) == (TORCHVISION.mean, TORCHVISION.std):
             return TORCHVISION
-        return Preprocess("timm", "RGB", 1.0, mean, std)
+        return Preprocess("timm", "RGB", 1.0, f.mean, f.std)
 
     def resolve_weights(self, weights, chosen, preprocess, progress):
         text = os.fspath(weights) if isinstance(weights, (str, os.PathLike)) else ""
         source, _, local = text.partition(":")
-        own = self.preprocess()
+        own = self.own_preprocess()
         if source in NAMED_SOURCES or Path(text).suffix.lower() in (".h5", ".hdf5"):
             if self.base not in VGG_NETS:
                 raise WeightsError(f"{text} weights are VGG weights; {self.name} takes timm (timm's "
@@ -203,17 +217,8 @@ class TimmSpec:
     def build(self, state_dict, origin):
         model = create(self.model)  # initialised, then every tensor is overwritten
         state = self._timm_layout(state_dict)
-        own = model.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        if missing or unexpected:
-            raise WeightsError(f"{origin}: not {self.name} weights: " + "; ".join(
-                f"{len(keys)} tensor(s) {what}: {', '.join(keys[:5])}{' ...' if len(keys) > 5 else ''}"
-                for keys, what in ((missing, "missing"), (unexpected, "unknown to the model")) if keys))
-        for key, tensor in own.items():
-            if tuple(state[key].shape) != tuple(tensor.shape):
-                raise WeightsError(f"{origin}: tensor {key} has shape {tuple(state[key].shape)}, "
-                                   f"expected {tuple(tensor.shape)} for {self.name}")
+        check_tensors(state, {k: tuple(t.shape) for k, t in model.state_dict().items()}, origin, self.name,
+                      unknown_too=True)
         model.load_state_dict(state)
         return TimmDense(model)
 
@@ -232,19 +237,8 @@ class TimmSpec:
                             "pre_logits.fc2.weight": w7[:, :, None, None],
                             "pre_logits.fc2.bias": state["classifier.3.bias"]})
             state = renamed
-        head = _classifier_name(self.model)
-        return {k: v for k, v in state.items() if not (head and k.startswith(head + "."))}
-
-
-@functools.lru_cache(maxsize=None)
-def _classifier_name(model: str) -> str:
-    cfg = _timm().models.get_pretrained_cfg(model.split(".")[0]) if "." not in model else None
-    try:
-        cfg = cfg or _timm().models.get_pretrained_cfg(model)
-    except Exception:  # noqa: BLE001  (an unknown tag: no pretrained cfg)
-        cfg = None
-    name = getattr(cfg, "classifier", None) if cfg is not None else None
-    return name or "head"
+        head = facts(self.model).classifier
+        return {k: v for k, v in state.items() if not k.startswith(head + ".")}
 
 
 def _read_state(path: Path) -> dict:

@@ -223,9 +223,9 @@ def load_weights(spec: "Backbone", weights=None, preprocess: str | None = None,
     is read or downloaded (featx extract decides so whether there is anything to compute)."""
     chosen = PREPROCESS.get(preprocess) if preprocess is not None else None
     if preprocess == "timm":  # a timm model's own (its pretrained_cfg), as its caches record it
-        if not hasattr(spec, "preprocess"):
+        chosen = spec.own_preprocess()
+        if chosen is None:
             raise WeightsError(f"preprocess 'timm' is a timm model's own; {spec.label} takes caffe or torchvision")
-        chosen = spec.preprocess()
     elif preprocess is not None and chosen is None:
         raise WeightsError(f"unknown preprocess {preprocess!r}: choose 'caffe' or 'torchvision' "
                            "(or, for a timm:MODEL net, 'timm': the model's own)")
@@ -246,6 +246,26 @@ def load_weights(spec: "Backbone", weights=None, preprocess: str | None = None,
     if path is not None and not digest:
         remember_digest(path, spec.arch, loaded.digest)
     return loaded
+
+
+def check_tensors(state: dict, expected: dict, origin: str, label: str, unknown_too: bool = False) -> None:
+    """Refuse a state_dict that lacks a tensor of `expected` ({name: shape}), holds one of
+    another shape, or (unknown_too) one the model does not have, naming the file and tensors
+    before torch fails on a reshape deep inside."""
+    def names(keys):
+        return f"{', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}"
+
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise WeightsError(f"{origin}: missing {len(missing)} tensor(s) for {label}: {names(missing)}")
+    unknown = [k for k in state if k not in expected] if unknown_too else []
+    if unknown:
+        raise WeightsError(f"{origin}: not {label} weights: {len(unknown)} tensor(s) unknown to the model: "
+                           f"{names(unknown)}")
+    for key, shape in expected.items():
+        got = tuple(state[key].shape)
+        if got != tuple(shape):
+            raise WeightsError(f"{origin}: tensor {key} has shape {got}, expected {tuple(shape)} for {label}")
 
 
 def random_source(spec: "Backbone", weights, seed_text: str, preprocess: Preprocess):

@@ -19,7 +19,7 @@ from featx.cost import descriptor_flops  # noqa: E402
 from featx.errors import ConfigError, WeightsError  # noqa: E402
 from featx.images import load_resized  # noqa: E402
 from featx.nets import NETS, random_state_dict  # noqa: E402
-from featx.specs import check_scales, get_spec, is_net  # noqa: E402
+from featx.specs import check_scales, get_spec  # noqa: E402
 from featx.timm_net import TimmSpec  # noqa: E402
 from featx.weights import TORCHVISION, Weights  # noqa: E402
 
@@ -92,7 +92,10 @@ def test_the_spec_of_a_timm_model():
     spec = get_spec("timm:resnet18")
     assert isinstance(spec, TimmSpec) and spec == TimmSpec("resnet18")
     assert (spec.name, spec.label, spec.file_name, spec.dim) == ("timm:resnet18", "timm:resnet18", "timm-resnet18", 512)
-    assert is_net("timm:resnet18") and is_net("e") and not is_net("timm:no_such_net") and not is_net("F")
+    assert get_spec("e") is NETS["E"]
+    for unknown in ("timm:no_such_net", "F"):
+        with pytest.raises(ConfigError):
+            get_spec(unknown)
     # FLOPs counted at 224 x 224 (resnet18: 1.82 G multiply-adds) and scaled by the area
     assert 3.5e9 < spec.forward_flops(224, 224) < 3.8e9
     assert spec.forward_flops(448, 224) == pytest.approx(2 * spec.forward_flops(224, 224), rel=1e-6)
@@ -217,7 +220,7 @@ def test_a_model_with_its_own_preprocessing_trains_and_predicts(tmp_path, monkey
         for i in range(6):
             make_image(tmp_path / "pets" / c / f"{i}.jpg", (250, 230), seed=seed + i, fmt="JPEG")
     net = "timm:vit_tiny_patch16_224.augreg_in21k"
-    assert get_spec(net).preprocess().mean == (0.5, 0.5, 0.5)
+    assert get_spec(net).own_preprocess().mean == (0.5, 0.5, 0.5)
     run = lambda *a: CliRunner().invoke(main, [str(x) for x in a], catch_exceptions=False)  # noqa: E731
     r = run("svm", "folder:pets", "--net", net, "--weights", "random", "--scales", "160", "--extract",
             "--results-dir", "res", "--c-grid", "1")
