@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from featx.classifiers import OneVsRestSVM  # noqa: E402
-from featx.metrics import mean_class_recall, per_class_ap  # noqa: E402
+from featx.evaluate.classifiers import OneVsRestSVM  # noqa: E402
+from featx.evaluate.metrics import mean_class_recall, per_class_ap  # noqa: E402
 
 SIZES = {  # name: (n_train, n_test, dim, classes, multilabel)
     "voc2007": (5011, 4952, 4096, 20, True),

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featx.nets import NetSpec
+from featx.net.specs import NetSpec
 
 # VGG's geometry with a few channels: a smoke run (what CI runs) takes seconds.
 SMOKE = NetSpec("S", "smoke", (4, "M", 8, "M", 8, "M", 8, "M", 8, "M"), fc_dim=16, num_classes=10)
@@ -35,7 +35,7 @@ FIGURES = Path(__file__).resolve().parent.parent / "results" / "bench"
 
 def cpu_slug(model: str) -> str:
     """'AMD EPYC 9B14' -> 'amd-epyc-9b14': the file name of a machine's figures (featx's rule)."""
-    from featx.kernels import CpuInfo
+    from featx.net.kernels import CpuInfo
     return CpuInfo(model, (), 1).slug
 
 
@@ -44,7 +44,7 @@ def save_figures(bench: str, fields: dict, path=None, suffix: str = "", machine:
     date, the platform, the CPU's model, flags and cores, torch's threads and version) to `path`,
     or to results/bench/<machine or CPU model><suffix>.json."""
     import torch
-    from featx.kernels import cpu_info
+    from featx.net.kernels import cpu_info
     cpu = cpu_info()
     path = Path(path) if path else FIGURES / f"{cpu_slug(machine or cpu.model)}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

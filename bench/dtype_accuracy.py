@@ -23,7 +23,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from featx.cache import DONE, DescriptorCache  # noqa: E402
+from featx.extract.cache import DONE, DescriptorCache  # noqa: E402
 
 from common import save_figures  # noqa: E402
 

@@ -25,9 +25,9 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
-from featx.cache import DescriptorCache  # noqa: E402
-from featx.images import load_rgb, target_size  # noqa: E402
-from featx.nets import NETS  # noqa: E402
+from featx.extract.cache import DescriptorCache  # noqa: E402
+from featx.data.images import load_rgb, target_size  # noqa: E402
+from featx.net.specs import NETS  # noqa: E402
 
 from common import SMOKE, write_voc_like  # noqa: E402  (bench/common.py)
 
@@ -119,7 +119,7 @@ def main():
 
 SMOKE_WRAPPER = f"""
 import sys
-from featx.nets import NETS, NetSpec
+from featx.net.specs import NETS, NetSpec
 NETS["S"] = {SMOKE!r}
 from featx.cli import main
 args = sys.argv[1:]

@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
-from featx.cache import DescriptorCache  # noqa: E402
-from featx.update import extract_to_cache  # noqa: E402
-from featx.distributed import RayExtractor, require_ray  # noqa: E402
+from featx.extract.cache import DescriptorCache  # noqa: E402
+from featx.extract.update import extract_to_cache  # noqa: E402
+from featx.extract.distributed import RayExtractor, require_ray  # noqa: E402
 
 from common import SMOKE, write_voc_like  # noqa: E402  (bench/common.py)
 

@@ -30,7 +30,7 @@ RUN = ("import sys\n{smoke}from featx.cli import main\n"
        "try:\n    main()\nfinally:\n"
        "    print('peak_kib', [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0],"
        " file=sys.stderr)")
-SMOKE_NET = "sys.path.insert(0, {bench!r}); from common import SMOKE; from featx.nets import NETS; NETS['S'] = SMOKE\n"
+SMOKE_NET = "sys.path.insert(0, {bench!r}); from common import SMOKE; from featx.net.specs import NETS; NETS['S'] = SMOKE\n"
 
 
 def featx(args, smoke_net=False):
@@ -47,7 +47,7 @@ def featx(args, smoke_net=False):
     return seconds, peak / 1024, r.stdout.strip()
 
 
-SUBSET = ("import sys, numpy as np\nfrom featx.cache import DONE, DescriptorCache\nfrom featx.export import write_export\n"
+SUBSET = ("import sys, numpy as np\nfrom featx.extract.cache import DONE, DescriptorCache\nfrom featx.descriptors.export import write_export\n"
           "c = DescriptorCache(sys.argv[1]); n = int(sys.argv[3])\n"
           "done = np.flatnonzero(np.all([c.status(q) == DONE for q in c.scales], axis=0))\n"
           "s = write_export({c.attrs['net']: c}, sys.argv[2], rows=done[:n], chunk_rows=int(sys.argv[4]))\n"
@@ -72,7 +72,7 @@ def main():
     p.add_argument("--json", type=Path)
     a = p.parse_args()
     from featx import read_export
-    from featx.cache import DescriptorCache
+    from featx.extract.cache import DescriptorCache
     work = Path(tempfile.mkdtemp())
     if a.smoke:
         images = work / "images"

@@ -8,10 +8,10 @@
     python bench/extract.py --smoke                          # seconds; what CI runs
 
 Images are generated (500x375 and 375x500, like VOC), weights are random (same cost as real
-ones), flips included. FLOPs are counted from the layer shapes (featx.cost.forward_flops, the
+ones), flips included. FLOPs are counted from the layer shapes (featx.extract.cost.forward_flops, the
 direct-convolution count). The ceiling of a dtype is the best rate any library reaches here:
 a 2048^3 matrix product (torch.mm = MKL, oneDNN's 1x1 convolution, oneDNN's packed linear) and
-oneDNN's 3x3 convolution on VGG's conv3/conv4 layers (featx.cost.ceiling_rates), measured
+oneDNN's 3x3 convolution on VGG's conv3/conv4 layers (featx.extract.cost.ceiling_rates), measured
 beside every row. The naive baseline runs one image at
 a time through the obvious dense net (fc6 a 7x7 nn.Conv2d, fc7 a 1x1), NCHW, the flip as a
 second pass, no channels-last, no prefetching threads. Half types
@@ -34,12 +34,13 @@ from PIL import Image
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
-from featx.cost import ceiling_rates, descriptor_flops  # noqa: E402
-from featx.extract import DTYPES, resolve_device  # noqa: E402
-from featx.kernels import Kernels, choose as choose_kernels, cpu_info, measure, parse_kernels  # noqa: E402
-from featx.images import target_size  # noqa: E402
-from featx.nets import NETS, random_state_dict, reference_dense_net  # noqa: E402
-from featx.weights import TORCHVISION  # noqa: E402
+from featx.extract.cost import ceiling_rates, descriptor_flops  # noqa: E402
+from featx.extract.extractor import DTYPES, resolve_device  # noqa: E402
+from featx.net.kernels import Kernels, choose as choose_kernels, cpu_info, measure, parse_kernels  # noqa: E402
+from featx.data.images import target_size  # noqa: E402
+from featx.net.specs import NETS
+from featx.net.vgg import random_state_dict, reference_dense_net  # noqa: E402
+from featx.net.weights import TORCHVISION  # noqa: E402
 
 from common import SMOKE, save_figures  # noqa: E402  (bench/common.py)
 
@@ -145,7 +146,7 @@ def main():
                    "natively or on a GPU), or a list: float32,bfloat16,float16")
     p.add_argument("--kernels", default="before;auto", help="featx kernel choices to time (every dtype on CPUs, float32 on GPUs): "
                    "'before' (0.3.0's fixed path: channels-last convolutions, torch.mm for fc), 'auto' "
-                   "(featx.kernels.choose), or conv=...,fc=... (';'-separated)")
+                   "(featx.net.kernels.choose), or conv=...,fc=... (';'-separated)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-baseline", action="store_true", help="skip the naive loop")
     p.add_argument("--repeats", type=int, default=2, help="time each run this many times, keep the best")
@@ -184,7 +185,7 @@ def main():
     where = (torch.cuda.get_device_name(device) if device.type == "cuda"
              else f"{cpu.model} ({' '.join(cpu.flags)}), {torch.get_num_threads()} threads")
     ceilings = {d: measure_ceiling(d)[1] for d in dtypes}
-    # Both candidates of each layer kind, timed: does featx.kernels' CPU rule pick the faster?
+    # Both candidates of each layer kind, timed: does featx.net.kernels' CPU rule pick the faster?
     kernel_rates = {d: measure(DTYPES[d]) for d in dtypes} if device.type == "cpu" else {}
     print(f"{where}; torch {torch.__version__}; best of {a.repeats} runs")
     for d, rates in ceilings.items():

@@ -1,4 +1,4 @@
-"""What per-image identity costs (featx.identity): the SHA-256 of each file, a stat, a header
+"""What per-image identity costs (featx.extract.identity): the SHA-256 of each file, a stat, a header
 read, against decoding the image, on a real image tree; and the upgrade of a real cache made by
 featx 0.5.0 (per-image identities recorded, nothing recomputed).
 
@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from featx import identity  # noqa: E402
-from featx.images import load_resized, read_size  # noqa: E402
+from featx.extract import identity  # noqa: E402
+from featx.data.images import load_resized, read_size  # noqa: E402
 
 from common import save_figures, write_voc_like  # noqa: E402
 

@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
-from featx.nets import NETS  # noqa: E402
+from featx.net.specs import NETS  # noqa: E402
 from featx.errors import ConfigError  # noqa: E402
 
 from common import SMOKE, save_figures  # noqa: E402  (bench/common.py)

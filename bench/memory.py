@@ -1,5 +1,5 @@
 """Resident memory over a run on real images of many shapes, with and without featx's
-malloc_trim after each forward pass (featx.extract._malloc_trim).
+malloc_trim after each forward pass (featx.extract.extractor._malloc_trim).
 
     python bench/memory.py --images 400                 # Caltech-101 (../shared), Net-E, Q = 256
     python bench/memory.py --smoke                      # seconds; what CI runs
@@ -29,14 +29,14 @@ def rss_gib() -> float:
 def child(a):
     """One mode, in this process: extract, recording RSS as it goes; prints one JSON line."""
     import numpy as np
-    import featx.extract as fx
+    import featx.extract.extractor as fx
     from featx import Extractor
-    from featx.images import read_sizes
+    from featx.data.images import read_sizes
     if a.mode == "off":
         fx._malloc_trim = lambda: None
     if a.smoke:
         from common import SMOKE
-        from featx.nets import NETS
+        from featx.net.specs import NETS
         NETS["S"] = SMOKE
         rng = np.random.default_rng(0)
         items = [rng.integers(0, 256, (224 + 7 * i, 230 + 11 * i, 3), dtype=np.uint8) for i in range(a.images)]

@@ -113,7 +113,7 @@ def main():
     shutil.rmtree(work, ignore_errors=True)
 
     import torch
-    from featx.kernels import cpu_info
+    from featx.net.kernels import cpu_info
     path = a.json or FIGURES / f"{cpu_slug(cpu_info().model)}-startup.json"
     if a.append and path.is_file():
         rows = [r for r in json.loads(path.read_text())["rows"] if r["label"] != a.label] + rows

@@ -41,13 +41,13 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-from featx.cache import DescriptorCache  # noqa: E402
+from featx.extract.cache import DescriptorCache  # noqa: E402
 from featx.errors import CacheError  # noqa: E402
 
 from common import write_voc_like  # noqa: E402  (bench/common.py)
 
 CLI = ("import sys; sys.path.insert(0, {bench!r}); from common import SMOKE; "
-       "from featx.nets import NETS; NETS['S'] = SMOKE; from featx.cli import main; main()")
+       "from featx.net.specs import NETS; NETS['S'] = SMOKE; from featx.cli import main; main()")
 
 
 def featx_cmd(images, out):
@@ -218,7 +218,7 @@ def flip_trials(m, images, work, reference, clean_file, rng, log):
 
 
 RESULTS_CLI = ("import sys; sys.path.insert(0, {bench!r}); from common import SMOKE; "
-               "from featx.nets import NETS; NETS['S'] = SMOKE; import featx.datasets as D; "
+               "from featx.net.specs import NETS; NETS['S'] = SMOKE; import featx.data.datasets as D; "
                "D.shipped_splits = lambda name: None; from featx.cli import main; main()")
 PIPELINE = """table = "table11"
 row = "Net-S"
@@ -288,7 +288,7 @@ def readable(folder: Path) -> list[str]:
     from PIL import Image
 
     from featx.errors import ConfigError
-    from featx.model import read_model
+    from featx.evaluate.model import read_model
     bad = []
     for p in sorted(folder.rglob("*")):
         if not p.is_file() or p.name.startswith("."):
@@ -319,8 +319,8 @@ def results_trials(n, work, rng, log) -> dict:
     and leaves out (naming it) any run whose files are not one set, and a rerun's files equal an
     uninterrupted run's."""
     from common import SMOKE
-    from featx.results import check_files, read_result
-    from featx.specs import NETS
+    from featx.evaluate.results import check_files, read_result
+    from featx.net.specs import NETS
     NETS.setdefault("S", SMOKE)  # for reading the models back here
     cmds = results_setup(work)
     report = cmds.pop("report_cmd")

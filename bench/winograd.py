@@ -28,9 +28,9 @@ from torch import nn
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from featx import Extractor  # noqa: E402
-from featx.cost import descriptor_flops  # noqa: E402
-from featx.kernels import cpu_info  # noqa: E402
-from featx.nets import NETS  # noqa: E402
+from featx.extract.cost import descriptor_flops  # noqa: E402
+from featx.net.kernels import cpu_info  # noqa: E402
+from featx.net.specs import NETS  # noqa: E402
 
 from common import SMOKE, save_figures  # noqa: E402
 

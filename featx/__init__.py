@@ -9,16 +9,20 @@ from importlib import import_module
 
 from .errors import CacheError, DatasetError, FeatxError, ImageError, WeightsError
 
-__version__ = "0.7.0"
+__version__ = "0.8.0"
 
-_LAZY = {
-    "Extractor": "extract", "VGGDescriptor": "transform", "Crop": "images", "NETS": "nets", "NetSpec": "nets", "DenseVGG": "nets",
-    "Preprocess": "weights", "CAFFE": "weights", "TORCHVISION": "weights", "load_weights": "weights",
-    "OneVsRestSVM": "classifiers", "DescriptorCache": "cache", "extract_to_cache": "update",
-    "load_model": "model", "Result": "results", "read_result": "results", "Kernels": "kernels",
-    "cache_path": "paths", "write_export": "export", "read_export": "export",
-    "aggregate": "fusion", "fuse": "fusion", "l2_normalize": "fusion",
-    "Config": "config", "DescriptorSpec": "config", "ProtocolSpec": "config", "Backbone": "specs",
+_LAZY = {  # public name -> the module (under featx) that defines it, by stage
+    "Config": "config", "DescriptorSpec": "config", "ProtocolSpec": "config", "cache_path": "paths",
+    "Crop": "data.images",
+    "Backbone": "net.specs", "NETS": "net.specs", "NetSpec": "net.specs", "DenseVGG": "net.vgg",
+    "Preprocess": "net.weights", "CAFFE": "net.weights", "TORCHVISION": "net.weights",
+    "load_weights": "net.weights", "Kernels": "net.kernels",
+    "Extractor": "extract.extractor", "DescriptorCache": "extract.cache", "extract_to_cache": "extract.update",
+    "VGGDescriptor": "descriptors.transform", "write_export": "descriptors.export",
+    "read_export": "descriptors.export", "aggregate": "descriptors.fusion", "fuse": "descriptors.fusion",
+    "l2_normalize": "descriptors.fusion",
+    "OneVsRestSVM": "evaluate.classifiers", "load_model": "evaluate.model", "Result": "evaluate.results",
+    "read_result": "evaluate.results",
 }
 
 __all__ = sorted(_LAZY) + ["FeatxError", "WeightsError", "ImageError", "CacheError", "DatasetError"]

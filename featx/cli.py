@@ -6,9 +6,9 @@ from pathlib import Path
 import click
 
 from .errors import ConfigError, FeatxError
+from .net.specs import NETS, label_of
 from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_BATCH_SIZE, DEFAULT_C_GRID, DEFAULT_NET,
                       ENGINES, PREPROCESS_NAMES, SETTINGS, SOLVERS)
-from .specs import NETS, label_of
 
 
 
@@ -61,7 +61,7 @@ def parse_scales(text: str) -> tuple[int, ...]:
 
 
 def parse_nets(text: str) -> list[str]:
-    from .specs import get_spec
+    from .net.specs import get_spec
     try:
         nets = [get_spec(n.strip()).name for n in text.split(",") if n.strip()]
     except ConfigError as e:
@@ -90,7 +90,7 @@ def parse_preprocess(text: str | None, nets: list[str]) -> dict:
 
 def parse_weights(text: str | None, nets: list[str]) -> dict:
     """--weights per net; a net not named gets its backbone's default source."""
-    from .specs import default_weights
+    from .net.specs import default_weights
     return parse_per_net(text, nets, default_weights)
 
 
@@ -180,8 +180,8 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
       featx extract --dataset caltech256 --net D,E --scales 256:512 --engine ray \\
           --address auto --gpus-per-worker 1
     """
-    from .cache import cache_file
-    from .datasets import load_dataset, load_image_list
+    from .extract.cache import cache_file
+    from .data.datasets import load_dataset, load_image_list
     from .paths import cache_path
 
     from .config import DescriptorSpec
@@ -219,8 +219,8 @@ def extract(images, dataset, root, split, nets, scales, weights, preprocess, out
 
 def update_and_report(nets, weights, data, path_for, rows=None, strict=False, progress=True,
                       preprocess=None, engine="local", **extractor_options):
-    """featx.update.update_caches for an image set or dataset, then print each summary."""
-    from .update import update_caches
+    """featx.extract.update.update_caches for an image set or dataset, then print each summary."""
+    from .extract.update import update_caches
 
     summaries = update_caches(nets, data.items, data.ids, data.name, path_for, weights, preprocess, rows=rows,
                               strict=strict, progress=progress, engine=engine,
@@ -254,10 +254,10 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
     PATHS are cache files or folders (searched for *.h5); without them, the caches of
     --dataset / --images (found as featx extract writes them), or every cache in CACHE_DIR.
     """
-    from .cache import DescriptorCache, being_written
-    from .cost import format_duration
+    from .extract.cache import DescriptorCache, being_written
+    from .extract.cost import format_duration
     from .paths import cache_dir as resolve_cache_dir, image_set_dir, image_set_key, parse_image_set
-    from .weights import describe_weights
+    from .net.weights import describe_weights
 
     if dataset and images:
         raise click.UsageError("give --dataset or --images, not both")
@@ -317,7 +317,7 @@ def info(paths, dataset, images, root, cache_dir, failures, verify, prune):
         elif errs:
             click.echo(f"  {len(errs)} image(s) failed (--failures lists them)")
         if prune:
-            from .update import prune as prune_rows
+            from .extract.update import prune as prune_rows
             click.echo(f"  pruned      {prune_rows(path)} row(s) of images whose file is gone")
     if damaged:
         raise click.ClickException(f"{damaged} row(s) fail their checksum; run the featx extract command "
@@ -362,12 +362,12 @@ def export_command(caches, out, dataset, images, nets, weights, dtype, root, cac
     \b
     Read back: pandas.read_parquet(FILE), or in Python featx.read_export(FILE) -> (ids, X).
     """
-    from .cache import DescriptorCache
-    from .datasets import load_dataset, load_image_list
-    from .export import write_export
-    from .identity import check_current
+    from .extract.cache import DescriptorCache
+    from .data.datasets import load_dataset, load_image_list
+    from .descriptors.export import write_export
+    from .extract.identity import check_current
     from .paths import cache_path
-    from .update import extract_command
+    from .extract.update import extract_command
 
     if bool(caches) + bool(dataset) + bool(images) != 1:
         raise click.UsageError("give cache files, or --dataset, or --images (one of them)")
@@ -416,7 +416,7 @@ def datasets():
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 def datasets_ls(root):
     """Which benchmarks are present under the data root, and are they complete?"""
-    from .datasets import DATASETS, load_dataset
+    from .data.datasets import DATASETS, load_dataset
     from .paths import data_root
 
     root = data_root(root)
@@ -438,7 +438,7 @@ def datasets_ls(root):
 @click.option("--root", type=click.Path(path_type=Path), help="Data root [env FEATX_DATA_ROOT, default ./datasets].")
 def datasets_download(name, root):
     """Download, verify (md5) and unpack NAME's official archives; resumes partial downloads."""
-    from .datasets import download, load_dataset
+    from .data.datasets import download, load_dataset
 
     path = download(name, root)
     click.echo(f"{name} unpacked in {path}")
@@ -494,17 +494,17 @@ def svm(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, 
 def train_and_evaluate(dataset, nets, scales, aggregate, weights, preprocess, setting, solver, c_grid, root,
                        cache_dir, do_extract, dtype, device, results_dir, run_name, command):
     """featx svm (and featx demo): the options as given, `command` what the results record."""
-    from .datasets import load_dataset
+    from .data.datasets import load_dataset
     from dataclasses import replace
 
     from .config import Config, DescriptorSpec, ProtocolSpec
-    from .experiment import run
-    from .extract import resolve_device
-    from .metrics import nanmean
+    from .evaluate.experiment import run
+    from .extract.extractor import resolve_device
+    from .evaluate.metrics import nanmean
     from .atomic import check_writable
     from .paths import pipelines_dir
-    from .pipeline import all_pipelines, matching_pipeline
-    from .model import write_run
+    from .paper.pipeline import all_pipelines, matching_pipeline
+    from .evaluate.model import write_run
 
     nets = parse_nets(nets)
     scales = parse_scales(scales)
@@ -582,7 +582,7 @@ def predict(model, images, fmt, top, weights, device, root, cache_dir, quiet):
     import json
     import sys
 
-    from .model import predict_images, read_model, read_model_record
+    from .evaluate.model import predict_images, read_model, read_model_record
 
     record = read_model_record(model)
     if record.setting == "image+box":
@@ -645,7 +645,7 @@ def demo(ctx, out, nets, weights, preprocess, per_class, scales, device, results
     Offline, point it at weights you have:
       featx demo --net E --weights E=vgg19_caffe.pth --preprocess caffe
     """
-    from .demo import write_lfw_faces
+    from .data.demo import write_lfw_faces
     from .errors import WeightsError
 
     folder = write_lfw_faces(out / f"lfw-faces-{per_class}", per_class)
@@ -696,11 +696,11 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
       featx reproduce voc2007-D voc2007-E      two rows of Table 11
       featx reproduce all --device cuda
     """
-    from .extract import resolve_device
+    from .extract.extractor import resolve_device
     from .paths import cache_dir as resolve_cache_dir, pipelines_dir
-    from .pipeline import all_pipelines, select
-    from .report import write_report
-    from .reproduce import estimate, parse_local_weights, reproduce as run_pipelines
+    from .paper.pipeline import all_pipelines, select
+    from .paper.report import write_report
+    from .paper.reproduce import estimate, parse_local_weights, reproduce as run_pipelines
 
     folder = pipelines_dir(pipelines_option)
     chosen = select(targets or ("table11", "table12"), folder)
@@ -735,8 +735,8 @@ def reproduce(targets, dry_run, root, cache_dir, results_dir, pipelines_option, 
 def report(results_dir, pipelines_option):
     """Rewrite RESULTS_DIR/README.md and its figures from the result files there."""
     from .paths import pipelines_dir
-    from .pipeline import all_pipelines
-    from .report import write_report
+    from .paper.pipeline import all_pipelines
+    from .paper.report import write_report
 
     report = write_report(results_dir, all_pipelines(pipelines_dir(pipelines_option)),
                           log=lambda m: click.echo(m, err=True))

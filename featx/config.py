@@ -1,8 +1,8 @@
 """The typed configuration: what a descriptor is (`DescriptorSpec`), how its classifier is
 trained (`ProtocolSpec`), and both on one dataset (`Config`). The command line, pipeline files,
-featx.experiment and result files build and read these same objects; each is validated once,
+featx.evaluate.experiment and result files build and read these same objects; each is validated once,
 when made, field by field as its CONSTRAINTS say (scikit-learn's `_parameter_constraints`
-style), so a value that passes here is valid everywhere. Standard library and featx.specs only:
+style), so a value that passes here is valid everywhere. Standard library and featx.net.specs only:
 `featx --help` stays light.
 """
 from __future__ import annotations
@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from .errors import ConfigError
+from .net.specs import NETS, check_scales, default_weights, get_spec, label_of
 from .options import (AGGREGATIONS, COMPUTE_TYPES, DEFAULT_C_GRID, DEFAULT_NET, DEFAULT_SCALES, PREPROCESS_NAMES,
                       SETTINGS, SOLVERS)
 from .paths import cache_path
-from .specs import NETS, check_scales, default_weights, get_spec, label_of
 
 
 def one_of(choices: tuple) -> Callable:

@@ -13,7 +13,7 @@
                   weights file's tensor digest, so a process does not hash 575 MB to know it)
     image budget  $FEATX_MAX_PIXELS (decoded pixels per image file, default Pillow's limit),
                   $FEATX_MAX_RESCALED_PIXELS (pixels per rescaled image at one Q, default 12 million)
-    kernels       $FEATX_KERNELS   (e.g. conv=onednn,fc=gemm: featx.kernels' choice overridden)
+    kernels       $FEATX_KERNELS   (e.g. conv=onednn,fc=gemm: featx.net.kernels' choice overridden)
     Ray cluster   --address,     $RAY_ADDRESS,      a new local instance
 
 The pipelines and split files live at the top of a checkout (pipelines/, datasets/splits/) and
@@ -26,26 +26,26 @@ import os
 from pathlib import Path
 
 from .errors import ConfigError
+from .net.specs import default_weights
 from .options import DEFAULT_NET
-from .specs import default_weights
 
 _HERE = Path(__file__).resolve().parent
 
 
 
 def max_pixels(default: int) -> int:
-    """$FEATX_MAX_PIXELS: the most pixels an image file may decode to (featx.images)."""
+    """$FEATX_MAX_PIXELS: the most pixels an image file may decode to (featx.data.images)."""
     return int(os.environ.get("FEATX_MAX_PIXELS", default))
 
 
 def max_rescaled_pixels() -> int:
     """$FEATX_MAX_RESCALED_PIXELS, default 12 million: the largest rescaled image one forward
-    pass may take (featx.update: above it, the image is that scale's failure)."""
+    pass may take (featx.extract.update: above it, the image is that scale's failure)."""
     return int(os.environ.get("FEATX_MAX_RESCALED_PIXELS", 12_000_000))
 
 
 def forced_kernels() -> str:
-    """$FEATX_KERNELS, or "": the CPU kernels asked for instead of featx.kernels' choice."""
+    """$FEATX_KERNELS, or "": the CPU kernels asked for instead of featx.net.kernels' choice."""
     return os.environ.get("FEATX_KERNELS", "")
 
 
@@ -93,7 +93,7 @@ def parse_image_set(spec) -> tuple[str, Path | None]:
         if text.startswith(prefix):
             path = Path(text[len(prefix):]).expanduser()
             return (path.stem if prefix == "csv:" else path.resolve().name), path
-    from .datasets import DATASETS
+    from .data.datasets import DATASETS
     if text in DATASETS:
         return text, None
     path = Path(text).expanduser()
@@ -108,7 +108,7 @@ def cache_path(images, net: str = DEFAULT_NET, weights=None, dtype: str = "float
     """The cache file of an image set for one net, weight source and compute type: the one
     rule behind every command (extract, svm, predict, reproduce, info).
 
-    images: a Dataset or ImageSet (featx.datasets), or its name as on the command line
+    images: a Dataset or ImageSet (featx.data.datasets), or its name as on the command line
     ("voc2007", "folder:photos", "csv:labels.csv", or a folder or list file of images).
     cache_dir, root: --cache-dir and --root ($FEATX_CACHE_DIR, $FEATX_DATA_ROOT; default
     ./datasets/featx-cache). weights: the source (None: the net's default).
@@ -116,7 +116,7 @@ def cache_path(images, net: str = DEFAULT_NET, weights=None, dtype: str = "float
     >>> cache_path("folder:photos", net="E", weights="caffe")
     PosixPath('datasets/featx-cache/photos-1a2b3c4d/E-caffe.h5')
     """
-    from .cache import cache_file  # h5py: not for featx --help
+    from .extract.cache import cache_file  # h5py: not for featx --help
     key = images.key if hasattr(images, "key") else image_set_key(*parse_image_set(images))
     return cache_file(image_set_dir(key, cache_dir, root), net, default_weights(net) if weights is None else weights,
                       dtype)

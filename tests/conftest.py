@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.nets import NETS, NetSpec
+from featx.net.specs import NETS, NetSpec
 
 # Same geometry as VGG (5 pools, 7x7 fc6 window: 224 px minimum), but a few channels wide,
 # so a forward pass costs microseconds and tests stay fast.
@@ -30,7 +30,7 @@ def _no_shipped_splits(request, monkeypatch):
     # the tests build get splits drawn by the seeded rule instead. Tests of the shipped files
     # are marked @pytest.mark.shipped_splits.
     if "shipped_splits" not in request.keywords:
-        monkeypatch.setattr("featx.datasets.shipped_splits", lambda name: None)
+        monkeypatch.setattr("featx.data.datasets.shipped_splits", lambda name: None)
 
 
 @pytest.fixture(autouse=True)

@@ -1,7 +1,7 @@
 """Miniature benchmark trees in the official layouts, for tests."""
 from pathlib import Path
 
-from featx.datasets import ACTIONS, VOC_CLASSES
+from featx.data.datasets import ACTIONS, VOC_CLASSES
 
 from conftest import make_image
 

@@ -1,5 +1,5 @@
-"""The backbone seam (featx.specs.Backbone) and its second implementation, timm models
-(featx.timm_net). Real ImageNet weights exist here for Net-E only: timm's vgg19 is checked
+"""The backbone seam (featx.net.specs.Backbone) and its second implementation, timm models
+(featx.net.timm). Real ImageNet weights exist here for Net-E only: timm's vgg19 is checked
 against featx's Net-E with them; every other timm model runs on seeded random weights, which
 checks shapes, the protocol (scales, flip, caches, SVMs) and the weight plumbing, not accuracy."""
 import json
@@ -13,15 +13,15 @@ from click.testing import CliRunner
 timm = pytest.importorskip("timm")
 
 from featx import Extractor, VGGDescriptor  # noqa: E402
-from featx.cache import DescriptorCache, cache_file  # noqa: E402
+from featx.extract.cache import DescriptorCache, cache_file  # noqa: E402
 from featx.cli import main  # noqa: E402
-from featx.cost import descriptor_flops  # noqa: E402
+from featx.extract.cost import descriptor_flops  # noqa: E402
 from featx.errors import ConfigError, WeightsError  # noqa: E402
-from featx.images import load_resized  # noqa: E402
-from featx.nets import NETS, random_state_dict  # noqa: E402
-from featx.specs import check_scales, get_spec  # noqa: E402
-from featx.timm_net import TimmSpec  # noqa: E402
-from featx.weights import TORCHVISION, Weights  # noqa: E402
+from featx.data.images import load_resized  # noqa: E402
+from featx.net.specs import NETS, check_scales, get_spec  # noqa: E402
+from featx.net.vgg import random_state_dict  # noqa: E402
+from featx.net.timm import TimmSpec  # noqa: E402
+from featx.net.weights import TORCHVISION, Weights  # noqa: E402
 
 from conftest import make_image  # noqa: E402
 

@@ -21,7 +21,7 @@ def test_bench_script_smoke(script, tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(row.get("seconds", row.get("fit_s", 0)) >= 0 for row in rows)
     if script == "kernels_ab.py":  # both kernel choices give the same bits, in both dtypes
-        from featx import kernels
+        from featx.net import kernels
         import torch
         no_bf16 = bool(kernels.onednn_refusal(torch.bfloat16))  # AVX2-only CPUs: fused is float32 only
         assert {row["dtype"] for row in rows} == ({"float32"} if no_bf16 else {"float32", "bfloat16"})

@@ -11,8 +11,8 @@ import pytest
 from filelock import FileLock
 
 from featx import CacheError, Extractor, ImageError
-from featx.cache import DONE, FAILED, DescriptorCache, being_written, lock_file
-from featx.update import extract_to_cache
+from featx.extract.cache import DONE, FAILED, DescriptorCache, being_written, lock_file
+from featx.extract.update import extract_to_cache
 
 from conftest import make_image
 
@@ -190,10 +190,10 @@ WRITER = """
 import sys
 sys.path.insert(0, {tests!r})
 from conftest import TINY
-from featx.nets import NETS
+from featx.net.specs import NETS
 NETS["T"] = TINY
 from featx import Extractor
-from featx.update import extract_to_cache
+from featx.extract.update import extract_to_cache
 items = sys.argv[2:]
 ex = Extractor("T", scales=(224, 256), weights="random:0", device="cpu", batch_size=2)
 extract_to_cache(ex, items, [str(i) for i in range(len(items))], sys.argv[1], progress=False,
@@ -278,7 +278,8 @@ def test_a_0_2_0_cache_loads_resumes_and_gains_checksums(tmp_path):
 
 def test_weights_are_identified_by_content_not_file_name(tmp_path):
     import torch
-    from featx.nets import NETS, random_state_dict
+    from featx.net.specs import NETS
+    from featx.net.vgg import random_state_dict
     items, ids = image_set(tmp_path, n=4)
     state = random_state_dict(NETS["T"], seed=3)
     a, b = tmp_path / "a.pth", tmp_path / "copy" / "renamed.pth"

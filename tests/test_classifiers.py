@@ -3,8 +3,8 @@ import pytest
 from sklearn.base import clone
 from sklearn.model_selection import GridSearchCV
 
-from featx.classifiers import OneVsRestSVM
-from featx.metrics import mean_class_recall, per_class_ap
+from featx.evaluate.classifiers import OneVsRestSVM
+from featx.evaluate.metrics import mean_class_recall, per_class_ap
 
 
 def blobs(n, d, k, spread, seed):

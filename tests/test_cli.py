@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 from filelock import FileLock
 
-from featx.cache import DescriptorCache
+from featx.extract.cache import DescriptorCache
 from featx.cli import main, parse_scales
 
 from conftest import make_image
@@ -152,10 +152,11 @@ def test_extract_with_nothing_to_compute_builds_no_net_and_imports_no_torch(tmp_
     import sys
 
     import torch
-    from featx.nets import NETS, random_state_dict
+    from featx.net.specs import NETS
+    from featx.net.vgg import random_state_dict
     weights = tmp_path / "t.pth"
     torch.save(random_state_dict(NETS["T"], seed=1), weights)
-    code = ("import sys\nfrom featx.specs import NETS, NetSpec\n"
+    code = ("import sys\nfrom featx.net.specs import NETS, NetSpec\n"
             "NETS['T'] = NetSpec('T', 'tiny', (4, 'M', 8, 'M', 8, 8, 'M', 8, 'M', 8, 'M'), fc_dim=16, num_classes=10)\n"
             "from featx.cli import main\n"
             "try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"

@@ -7,9 +7,9 @@ import pytest
 
 from featx.config import Config, DescriptorSpec, FieldError, ProtocolSpec
 from featx.errors import ConfigError
-from featx.pipeline import all_pipelines
+from featx.paper.pipeline import all_pipelines
 from featx.paths import pipelines_dir
-from featx.results import read_result
+from featx.evaluate.results import read_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_a_bad_configuration_in_a_result_file_names_the_file(tmp_path):
 
 def test_per_net_options_as_written_on_the_command_line():
     from featx.config import parse_per_net
-    from featx.specs import default_weights
+    from featx.net.specs import default_weights
     nets = ["D", "E"]
     assert parse_per_net("caffe", nets) == {"D": "caffe", "E": "caffe"}
     assert parse_per_net(None, nets, default_weights) == {"D": "torchvision", "E": "torchvision"}

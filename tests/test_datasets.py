@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from featx import Crop, DatasetError
-from featx import datasets as ds
+from featx.data import datasets as ds
 from featx.cli import main
-from featx.datasets import VOC_CLASSES, load_dataset, seeded_split
+from featx.data.datasets import VOC_CLASSES, load_dataset, seeded_split
 
 from minitrees import make_caltech, make_voc, make_voc_action
 

@@ -13,11 +13,11 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import TINY, make_image
-from featx.cache import DescriptorCache
+from featx.extract.cache import DescriptorCache
 from featx.cli import main
 from featx.errors import ConfigError
-from featx.extract import Extractor
-from featx.watchdog import _stat as process_stat
+from featx.extract.extractor import Extractor
+from featx.extract.watchdog import _stat as process_stat
 
 KILL_FILE = "FEATX_TEST_KILL_FILE"
 
@@ -25,12 +25,12 @@ KILL_FILE = "FEATX_TEST_KILL_FILE"
 def kill_once_hook():
     """Runs in every Ray worker: while the file named by $FEATX_TEST_KILL_FILE exists, the first
     worker to decode its third image removes the file and SIGKILLs itself (a crash mid-shard)."""
-    import featx.extract
+    import featx.extract.extractor
 
     armed = os.environ.get(KILL_FILE)
     if not armed:
         return
-    original, calls = featx.extract.load_resized, [0]
+    original, calls = featx.extract.extractor.load_resized, [0]
 
     def load_resized(item, q, index=None):
         calls[0] += 1
@@ -43,7 +43,7 @@ def kill_once_hook():
                 os.kill(os.getpid(), signal.SIGKILL)
         return original(item, q, index)
 
-    featx.extract.load_resized = load_resized
+    featx.extract.extractor.load_resized = load_resized
 
 
 @pytest.fixture(scope="module")
@@ -154,8 +154,8 @@ def test_the_ray_engine_runs_a_timm_backbone_as_the_local_one(ray_local, image_s
 
 
 def test_a_failing_worker_is_one_clear_error_and_loses_nothing(ray_local, image_set, tmp_path):
-    from featx.update import extract_to_cache
-    from featx.distributed import RayExtractor
+    from featx.extract.update import extract_to_cache
+    from featx.extract.distributed import RayExtractor
     from featx.errors import EngineError
 
     paths = sorted(str(p) for p in image_set.glob("im*.png"))
@@ -177,7 +177,7 @@ def test_a_failing_worker_is_one_clear_error_and_loses_nothing(ray_local, image_
 
 def test_cuda_on_ray_needs_gpus_per_worker():
     pytest.importorskip("ray.data")
-    from featx.distributed import RayExtractor
+    from featx.extract.distributed import RayExtractor
 
     with pytest.raises(ConfigError, match="needs --gpus-per-worker"):
         RayExtractor(TINY, scales=(224,), weights="random:0", device="cuda")
@@ -186,7 +186,7 @@ def test_cuda_on_ray_needs_gpus_per_worker():
 def test_descriptors_of_a_ray_dataset_of_paths_and_bytes(ray_local, image_set):
     import ray
 
-    from featx.distributed import descriptors
+    from featx.extract.distributed import descriptors
 
     paths = sorted(str(p) for p in image_set.glob("im0*.png"))[:5]
     by_path = ray.data.from_items([{"image": p, "key": i} for i, p in enumerate(paths)])
@@ -209,7 +209,7 @@ def test_descriptors_of_a_ray_dataset_of_paths_and_bytes(ray_local, image_set):
 
 def test_missing_ray_is_a_clear_error(monkeypatch, images, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    from featx.distributed import require_ray
+    from featx.extract.distributed import require_ray
 
     with pytest.raises(ConfigError, match=r"pip install 'featx\[ray\]'"):
         require_ray()
@@ -230,7 +230,7 @@ def test_ray_options_need_the_ray_engine(images, tmp_path):
 def test_the_ray_engine_holds_the_plan_not_a_net():
     """Composition: the driver keeps a plan-only Extractor (its net on torch's meta device, no
     memory); its plan and provenance are the local engine's."""
-    from featx.distributed import RayExtractor
+    from featx.extract.distributed import RayExtractor
     ray_ex = RayExtractor(TINY, scales=(224, 256), weights="random:0", num_workers=1, batch_size=2)
     local = Extractor(TINY, scales=(224, 256), weights="random:0", device="cpu", batch_size=2)
     assert not isinstance(ray_ex, Extractor)
@@ -243,7 +243,7 @@ def test_the_ray_engine_holds_the_plan_not_a_net():
 
 def test_a_local_ray_instance_goes_with_its_driver_on_sigterm(monkeypatch):
     # SIGTERM becomes an exit, so Ray's atexit shutdown runs (a handler already set is kept)
-    from featx.distributed import _shut_down_on_sigterm
+    from featx.extract.distributed import _shut_down_on_sigterm
     monkeypatch.setattr(signal, "getsignal", lambda s: signal.SIG_DFL)
     installed = {}
     monkeypatch.setattr(signal, "signal", lambda s, handler: installed.setdefault(s, handler))
@@ -259,7 +259,7 @@ def test_a_local_ray_instance_goes_with_its_driver_on_sigterm(monkeypatch):
 
 DRIVER = """
 import json, os, subprocess, sys, time
-from featx import distributed, watchdog
+from featx.extract import distributed, watchdog
 sleep = [sys.executable, "-c", "import time; time.sleep(120)"]
 if sys.argv[1] == "ray":
     distributed.connect()

@@ -73,7 +73,7 @@ def test_action_image_and_box(tmp_path):
 
 def test_subset_picks_the_rows_of_samples_in_any_order():
     import numpy as np
-    from featx.experiment import _subset
+    from featx.evaluate.experiment import _subset
     samples = np.array([7, 3, 9, 1, 5, 0, 2, 4, 6, 8])
     X = samples[:, None] * 10.0  # descriptors of `samples`, in that order
     assert _subset(X, samples, np.array([1, 2, 9]))[:, 0].tolist() == [10.0, 20.0, 90.0]

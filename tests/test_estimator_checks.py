@@ -6,8 +6,8 @@ import pytest
 import sklearn.utils.estimator_checks as ec
 from sklearn.utils.estimator_checks import check_estimator
 
-from featx.classifiers import OneVsRestSVM
-from featx.transform import VGGDescriptor
+from featx.evaluate.classifiers import OneVsRestSVM
+from featx.descriptors.transform import VGGDescriptor
 
 # Skipped by scikit-learn itself unless the optional array-api-compat package is installed;
 # featx's estimators take numpy arrays (the torch solver converts them itself).

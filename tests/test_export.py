@@ -8,11 +8,11 @@ import pytest
 from click.testing import CliRunner
 
 from featx import Extractor, l2_normalize, read_export, write_export
-from featx.fusion import aggregate, fuse
-from featx.cache import DescriptorCache
+from featx.descriptors.fusion import aggregate, fuse
+from featx.extract.cache import DescriptorCache
 from featx.cli import main
-from featx.datasets import load_dataset
-from featx.nets import NETS, NetSpec
+from featx.data.datasets import load_dataset
+from featx.net.specs import NETS, NetSpec
 from featx.paths import cache_path
 
 from conftest import make_image
@@ -116,7 +116,7 @@ def test_cli_export_of_an_image_set_is_checked_against_its_images(tmp_path, pets
 
 def test_export_needs_the_scales_it_is_asked_for(tmp_path):
     paths = [make_image(tmp_path / f"{i}.png", (240, 230), seed=i) for i in range(2)]
-    from featx.update import extract_to_cache
+    from featx.extract.update import extract_to_cache
     extract_to_cache(Extractor("T", scales=(224,), weights="random:0", device="cpu"), paths, ["a", "b"],
                      tmp_path / "c.h5", progress=False)
     with pytest.raises(Exception, match="holds no descriptors at Q=256"):

@@ -3,8 +3,8 @@ import pytest
 from PIL import Image
 
 from featx import Extractor, ImageError, aggregate, fuse, l2_normalize
-from featx.cost import descriptor_flops
-from featx.extract import Batch, WorkBar, plan_batches
+from featx.extract.cost import descriptor_flops
+from featx.extract.extractor import Batch, WorkBar, plan_batches
 
 
 def tiny(**kw):
@@ -103,18 +103,19 @@ def test_aggregations_exact():
 
 
 def test_featx_aggregate_is_the_function():
-    """featx.aggregate, fuse and l2_normalize are the functions of featx.fusion (the module's
+    """featx.aggregate, fuse and l2_normalize are the functions of featx.descriptors.fusion (the module's
     own name differs, so importing every module leaves them so)."""
     import featx
-    import featx.experiment
-    import featx.transform  # noqa: F401
-    from featx import aggregate, fusion
+    import featx.evaluate.experiment
+    import featx.descriptors.transform  # noqa: F401
+    from featx import aggregate
+    from featx.descriptors import fusion
     assert aggregate is fusion.aggregate and featx.fuse is fusion.fuse and featx.l2_normalize is fusion.l2_normalize
 
 
 def test_the_work_bar_counts_a_scale_planned_in_several_shards_once():
-    from featx.extract import WorkBar
-    from featx.nets import NETS
+    from featx.extract.extractor import WorkBar
+    from featx.net.specs import NETS
     sizes = [(240, 300)] * 12
     shards = [(224, [np.arange(0, 4), np.arange(4, 8)]), (224, [np.arange(8, 12)])]  # as the Ray engine cuts them
     with WorkBar(NETS["T"], shards, sizes, flip=True, label="Net-T", enabled=False) as bar:
@@ -122,9 +123,9 @@ def test_the_work_bar_counts_a_scale_planned_in_several_shards_once():
 
 
 def test_the_three_engines_implement_the_engine_protocol():
-    """featx.update.Engine is the contract extract_to_cache reads; each engine has all of it."""
-    from featx.distributed import RayExtractor
-    from featx.update import Engine, Planned, as_engine
+    """featx.extract.update.Engine is the contract extract_to_cache reads; each engine has all of it."""
+    from featx.extract.distributed import RayExtractor
+    from featx.extract.update import Engine, Planned, as_engine
     members = [m for m in dir(Engine) if not m.startswith("_")] + list(Engine.__annotations__)
     assert {"spec", "scales", "flip", "dtype", "dim", "workers", "weights", "provenance", "iter_batches"} <= set(members)
     local = Extractor("T", scales=(224,), weights="random:0", device="cpu")

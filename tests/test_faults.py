@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from featx.cache import DescriptorCache, Writer
+from featx.extract.cache import DescriptorCache, Writer
 from featx.cli import main
 from featx.errors import CacheError
 
@@ -59,7 +59,7 @@ def test_bad_local_weights_are_one_line(tmp_path, value, fragments):
 
 
 def test_local_weights_name_the_file_of_a_net_and_source(tmp_path):
-    from featx.reproduce import Job, local_weights, parse_local_weights
+    from featx.paper.reproduce import Job, local_weights, parse_local_weights
     for name in ("vgg19.pth", "vgg16.pth"):
         (tmp_path / name).write_bytes(b"")
     w = tmp_path
@@ -267,7 +267,7 @@ def test_a_real_full_filesystem(tmp_path, photos):
         filler = small / "filler"
         with open(filler, "wb") as fh:
             fh.write(b"\0" * (1024 * 1024 - 8 * 1024))
-        cli = ("import conftest; from featx.nets import NETS; NETS['T'] = conftest.TINY; "
+        cli = ("import conftest; from featx.net.specs import NETS; NETS['T'] = conftest.TINY; "
                "from featx.cli import main; main()")
         args = [sys.executable, "-c", cli, "extract", "--images", str(photos), "--out", str(small / "c.h5"),
                 "--net", "T", "--weights", "random", "--scales", "224,256", "-q"]

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from featx import Extractor
-from featx.cache import DONE, DescriptorCache
+from featx.extract.cache import DONE, DescriptorCache
 from featx.cli import main
 from featx.paths import cache_path
-from featx.update import extract_to_cache, prune
+from featx.extract.update import extract_to_cache, prune
 
 from conftest import make_image
 
@@ -219,7 +219,7 @@ def test_a_decode_failure_of_an_unchanged_file_is_not_retried_unless_asked(tmp_p
 def test_an_unreadable_file_is_a_transient_failure(tmp_path, monkeypatch):
     base, path = folder(tmp_path, 3), tmp_path / "c.h5"
     items, ids = listing(base)
-    import featx.identity as identity
+    import featx.extract.identity as identity
     real = identity.digest
 
     def flaky(item):

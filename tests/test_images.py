@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from featx import Crop, ImageError
-from featx.images import load_resized, load_rgb, read_size, target_size
+from featx.data.images import load_resized, load_rgb, read_size, target_size
 
 from conftest import make_image
 

@@ -1,4 +1,4 @@
-"""Every kernel choice (featx.kernels) gives the reference dense net's numbers."""
+"""Every kernel choice (featx.net.kernels) gives the reference dense net's numbers."""
 import warnings
 
 import numpy as np
@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from featx import Extractor
-from featx import kernels as K
+from featx.net import kernels as K
 from featx.errors import ConfigError
-from featx.nets import NETS, DenseVGG, NetSpec, random_state_dict, reference_dense_net
+from featx.net.specs import NETS, NetSpec
+from featx.net.vgg import DenseVGG, random_state_dict, reference_dense_net
 
 # VGG's geometry, channel counts that oneDNN blocks (multiples of 16), small enough for CI.
 MID = NetSpec("M", "mid", (16, "M", 32, "M", 32, 32, "M", 64, 64, "M", 64, 64, "M"),
@@ -125,11 +126,11 @@ def test_bfloat16_runs_on_cpu_with_every_kernel_choice(kernels, monkeypatch):
 
 
 def test_bfloat16_warns_on_a_cpu_without_native_support(monkeypatch):
-    import featx.extract
-    monkeypatch.setattr(featx.extract, "cpu_info", lambda: K.CpuInfo("Old CPU", ("avx2", "fma"), 2))
+    import featx.extract.extractor
+    monkeypatch.setattr(featx.extract.extractor, "cpu_info", lambda: K.CpuInfo("Old CPU", ("avx2", "fma"), 2))
     with pytest.warns(UserWarning, match=r"bfloat16 on this CPU \(Old CPU\) has no native support"):
         Extractor(MID, scales=(256,), weights="random:0", device="cpu", dtype="bfloat16")
-    monkeypatch.setattr(featx.extract, "cpu_info", lambda: K.CpuInfo("New CPU", ("avx512_bf16",), 2))
+    monkeypatch.setattr(featx.extract.extractor, "cpu_info", lambda: K.CpuInfo("New CPU", ("avx512_bf16",), 2))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Extractor(MID, scales=(256,), weights="random:0", device="cpu", dtype="bfloat16")

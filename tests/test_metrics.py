@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from featx.metrics import area_ap, class_recalls, mean_class_recall, voc07_ap
+from featx.evaluate.metrics import area_ap, class_recalls, mean_class_recall, voc07_ap
 
 
 def test_perfect_and_worst_rankings():
@@ -56,10 +56,10 @@ class _Scorer:
 
 
 def test_one_record_per_metric_read_by_datasets_pipelines_and_results(tmp_path):
-    from featx.datasets import DATASETS
+    from featx.data.datasets import DATASETS
     from featx.errors import ConfigError
-    from featx.metrics import METRICS, metric_of
-    from featx.results import read_result
+    from featx.evaluate.metrics import METRICS, metric_of
+    from featx.evaluate.results import read_result
     assert {s.metric for s in DATASETS.values()} <= set(METRICS)
     for m in METRICS.values():
         assert metric_of(m.task) is m and metric_of(name=m.name) is m

@@ -4,7 +4,8 @@ import torch
 import torchvision
 
 from featx import Extractor, WeightsError
-from featx.nets import NETS, DenseVGG, random_state_dict
+from featx.net.specs import NETS
+from featx.net.vgg import DenseVGG, random_state_dict
 
 
 def torchvision_fc7(arch, state, x):
@@ -105,7 +106,7 @@ def test_too_small_input_is_a_clear_error(tiny_net):
 def test_specs_and_conv_stack_are_torchvisions():
     from torchvision.models.vgg import cfgs, make_layers as tv_make_layers
 
-    from featx.nets import make_layers
+    from featx.net.vgg import make_layers
     for name in ("D", "E"):
         assert list(NETS[name].layers) == cfgs[name]
         ours, theirs = make_layers(NETS[name].layers).state_dict(), tv_make_layers(cfgs[name]).state_dict()

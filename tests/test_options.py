@@ -10,12 +10,12 @@ import pytest
 
 import featx
 from featx import options
-from featx.fusion import aggregate
+from featx.descriptors.fusion import aggregate
 from featx.cli import main
-from featx.classifiers import OneVsRestSVM
+from featx.evaluate.classifiers import OneVsRestSVM
 from featx.errors import ConfigError
-from featx.experiment import Config
-from featx.weights import PREPROCESS
+from featx.evaluate.experiment import Config
+from featx.net.weights import PREPROCESS
 
 PACKAGE = Path(featx.__file__).parent
 
@@ -91,7 +91,7 @@ def test_preprocess_is_given_per_net_and_checked_by_the_descriptor_spec(tmp_path
     from click.testing import CliRunner
 
     from conftest import make_image
-    from featx.cache import DescriptorCache
+    from featx.extract.cache import DescriptorCache
     for command, p in click_options("preprocess"):
         assert not isinstance(p.type, click.Choice), command
     for i in range(2):

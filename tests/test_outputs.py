@@ -122,7 +122,7 @@ def test_a_read_only_cache_that_is_complete_is_simply_read(tmp_path, pets, monke
 
     def read_only(path):
         raise PermissionError(errno.EROFS, "Read-only file system", str(path) + ".lock")
-    monkeypatch.setattr("featx.update.lock_cache", read_only)
+    monkeypatch.setattr("featx.extract.update.lock_cache", read_only)
     args = ["extract", "--images", pets, "--net", "T", "--weights", "random:0", "--scales", "224",
             "--cache-dir", tmp_path / "c", "-q"]
     r = run("svm", f"folder:{pets}", "--net", "T", "--weights", "random:0", "--scales", "224", "--c-grid", "1",
@@ -143,7 +143,7 @@ def resign(record_path, change=None, arrays=None):
     import hashlib
     import io
 
-    from featx.model import record_checksum
+    from featx.evaluate.model import record_checksum
     meta = json.loads(record_path.read_text())
     if arrays is not None:
         buffer = io.BytesIO()
@@ -233,7 +233,7 @@ def test_a_cache_that_can_be_read_but_not_written_is_never_called_damaged(tmp_pa
         if mode == "r+":
             raise PermissionError(errno.EACCES, "Permission denied")
         return real(path, mode, *a, **kw)
-    monkeypatch.setattr("featx.cache.h5py.File", no_writing)
+    monkeypatch.setattr("featx.extract.cache.h5py.File", no_writing)
     line = one_line(run(*args, "--retry-failed"), "can be read but not written", "The file is intact")
     assert "move it aside" not in line
 
@@ -287,7 +287,7 @@ def test_a_real_full_disk_under_results_and_the_report_is_one_line_and_keeps_eve
 
 
 def test_a_real_full_disk_under_the_cache_keeps_what_was_computed(tmp_path, pets, small_disk):
-    from featx.cache import DescriptorCache
+    from featx.extract.cache import DescriptorCache
     args = ["extract", "--images", pets, "--net", "T", "--weights", "random:0", "--scales", "224",
             "--cache-dir", small_disk / "c", "-q"]
     assert run(*args).exit_code == 0

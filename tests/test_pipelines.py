@@ -11,12 +11,12 @@ from filelock import FileLock
 from PIL import Image
 
 from featx.cli import main
-from featx.cost import descriptor_flops, extraction_efficiency, forward_flops
+from featx.extract.cost import descriptor_flops, extraction_efficiency, forward_flops
 from featx.errors import ConfigError
-from featx.kernels import cpu_info
-from featx.pipeline import all_pipelines, load_pipeline, select
-from featx.results import read_result, render_markdown
-from featx.reproduce import job_costs
+from featx.net.kernels import cpu_info
+from featx.paper.pipeline import all_pipelines, load_pipeline, select
+from featx.evaluate.results import read_result, render_markdown
+from featx.paper.reproduce import job_costs
 
 from minitrees import make_caltech, make_voc
 
@@ -141,7 +141,7 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     (_, cost, _), = job_costs(all_pipelines(pipes), tmp_path, cache)
     assert (cost.pairs, cost.cached) == (6, 6) and cost.flops == 3 * 2 * hand_count_flops(224, 298) * 2
     # the time comes from the cache's own measured rate: its timed rows' FLOPs over their wall time
-    from featx.cache import DescriptorCache
+    from featx.extract.cache import DescriptorCache
     spent, timed = DescriptorCache(cost.cache).timing()[256]
     own = 6 * 2 * hand_count_flops(256, 341) / spent / 1e9
     r = CliRunner().invoke(main, ["reproduce", "all", "--dry-run", "--pipelines", str(pipes), "--root", str(tmp_path)])
@@ -170,7 +170,7 @@ def test_dry_run_counts_what_is_not_cached(tmp_path, monkeypatch):
     # where AMX lifts only the big convolutions); while an extraction writes a cache, say so
     (figures / f"{cpu_info().slug}.json").unlink()
     asked = []
-    monkeypatch.setattr("featx.cost.matmul_gflops", lambda **kw: asked.append((kw["n"], kw["dtype"])) or 100.0)
+    monkeypatch.setattr("featx.extract.cost.matmul_gflops", lambda **kw: asked.append((kw["n"], kw["dtype"])) or 100.0)
     share = extraction_efficiency("cpu", "bfloat16")
     assert share == (0.25 if "amx_bf16" in cpu_info().flags else 0.7)
     bf16_cache = cost.cache.with_name(cost.cache.stem + "-bfloat16.h5")

@@ -83,12 +83,12 @@ def test_json_and_top_k(tmp_path, model, new):
 
 
 def test_the_saved_model_is_fit_on_every_labelled_image_with_the_median_c(tmp_path):
-    from featx.cache import DescriptorCache
-    from featx.classifiers import OneVsRestSVM
-    from featx.datasets import load_dataset
-    from featx.model import load_model
+    from featx.extract.cache import DescriptorCache
+    from featx.evaluate.classifiers import OneVsRestSVM
+    from featx.data.datasets import load_dataset
+    from featx.evaluate.model import load_model
     from featx.paths import cache_path
-    from featx.results import read_result
+    from featx.evaluate.results import read_result
     base = two_classes(tmp_path / "pets", 6, seed=7)
     r = run("svm", f"folder:{base}", "--net", "T", "--weights", "random:0", "--scales", "224", "--c-grid", "0.01,1,100",
             "--cache-dir", tmp_path / "c", "--results-dir", tmp_path / "results", "--extract")
@@ -106,7 +106,7 @@ def test_the_saved_model_is_fit_on_every_labelled_image_with_the_median_c(tmp_pa
     # the saved classifier is the fit on all 12 images' descriptors with that C
     data = load_dataset(f"folder:{base}")
     cache = DescriptorCache(cache_path(data, "T", "random:0", cache_dir=tmp_path / "c"))
-    from featx.fusion import combine
+    from featx.descriptors.fusion import combine
     X = combine([cache.load((224,), rows=cache.lookup(data.ids))], "mean")
     want = OneVsRestSVM(C=median).fit(X, data.labels)
     got = load_model(tmp_path / "results" / "pets" / "T-224-224x1-mean.model.json").named_steps["svm"]
@@ -118,7 +118,8 @@ def test_a_model_names_its_weights_file_without_a_path_and_predict_takes_a_local
     import shutil
 
     import torch
-    from featx.nets import NETS, random_state_dict
+    from featx.net.specs import NETS
+    from featx.net.vgg import random_state_dict
     weights = tmp_path / "mine" / "tiny_weights.pth"
     weights.parent.mkdir()
     torch.save(random_state_dict(NETS["T"], seed=2), weights)
@@ -151,7 +152,8 @@ def test_a_model_names_its_weights_file_without_a_path_and_predict_takes_a_local
 
 def test_a_named_source_read_from_a_local_copy_is_found_again_by_its_digest(tmp_path, monkeypatch):
     import torch
-    from featx.nets import NETS, random_state_dict
+    from featx.net.specs import NETS
+    from featx.net.vgg import random_state_dict
     copy = tmp_path / "w" / "authors.pth"
     copy.parent.mkdir()
     torch.save(random_state_dict(NETS["T"], seed=4), copy)

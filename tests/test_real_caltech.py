@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from featx.cli import main
-from featx.datasets import load_dataset
+from featx.data.datasets import load_dataset
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "caltech101"
 needs_tree = pytest.mark.skipif(not (SHARED / "101_ObjectCategories").is_dir(),

@@ -5,9 +5,10 @@ import skimage.data
 import torch
 
 from featx import Extractor
-from featx.images import load_resized
-from featx.nets import NETS, DenseVGG
-from featx.weights import load_weights
+from featx.data.images import load_resized
+from featx.net.specs import NETS
+from featx.net.vgg import DenseVGG
+from featx.net.weights import load_weights
 
 CATS = {281: "tabby", 282: "tiger cat", 285: "Egyptian cat"}
 ESPRESSO = 967

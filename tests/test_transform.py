@@ -12,7 +12,7 @@ from sklearn.svm import LinearSVC
 from conftest import TINY
 from featx import VGGDescriptor
 from featx.errors import ConfigError
-from featx.nets import NETS
+from featx.net.specs import NETS
 
 
 
@@ -60,8 +60,8 @@ def test_in_a_pipeline_with_grid_search(tmp_path):
 
 def count_work(monkeypatch):
     """Forward passes (images) and weight loads in this process, from now on."""
-    import featx.extract as fe
-    import featx.weights as fw
+    import featx.extract.extractor as fe
+    import featx.net.weights as fw
     fe._NETS.clear()  # nets shared by earlier tests would hide a load
     calls = {"images": 0, "loads": 0}
     forward, load = fe.Extractor.forward, fw.load_weights

@@ -5,11 +5,11 @@ import pytest
 from click.testing import CliRunner
 
 from featx import Extractor, ImageError
-from featx.classifiers import OneVsRestSVM
+from featx.evaluate.classifiers import OneVsRestSVM
 from featx.cli import main
-from featx.datasets import load_dataset
+from featx.data.datasets import load_dataset
 from featx.errors import ConfigError, DatasetError
-from featx.experiment import Config, run
+from featx.evaluate.experiment import Config, run
 
 from conftest import make_image
 
@@ -108,7 +108,7 @@ def test_the_dry_run_refuses_a_weights_file_that_does_not_exist(tmp_path):
 def test_a_dataset_is_evaluated_by_the_protocol_its_splits_shape_says():
     from types import SimpleNamespace
 
-    from featx.experiment import PROTOCOLS, protocol_of
+    from featx.evaluate.experiment import PROTOCOLS, protocol_of
     a = np.arange(10)
     caltech = {f"{s}{k}": part for k in (1, 2, 3)
                for s, part in (("train", a[:3]), ("val", a[3:5]), ("trainval", a[:5]), ("test", a[5:]))}

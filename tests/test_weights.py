@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from featx import CAFFE, TORCHVISION, Extractor, WeightsError
-from featx.nets import NETS, random_state_dict
-from featx.weights import convert_keras_h5, keras_layer_names, load_weights
+from featx.net.specs import NETS
+from featx.net.vgg import random_state_dict
+from featx.net.weights import convert_keras_h5, keras_layer_names, load_weights
 
 
 @pytest.fixture
@@ -95,7 +96,7 @@ def test_a_named_source_from_a_local_copy(tmp_path, tiny_net):
 
 
 def test_the_shared_packed_vgg19_is_recognised(real_weights_e):
-    from featx.weights import PACKED_VGG19, describe_weights, file_sha256
+    from featx.net.weights import PACKED_VGG19, describe_weights, file_sha256
     w = load_weights(NETS["E"], f"caffe:{real_weights_e}")
     assert w.known_as == PACKED_VGG19
     assert describe_weights(file_sha256(real_weights_e)) == PACKED_VGG19  # as 0.2.0 caches recorded it
@@ -174,7 +175,7 @@ def test_keras_errors_name_the_tensor(tmp_path, tiny_net):
 
 
 def test_a_files_tensor_digest_is_remembered_and_recomputed_when_the_file_changes(tmp_path, monkeypatch):
-    import featx.weights as fw
+    import featx.net.weights as fw
     path = tmp_path / "t.pth"
     torch.save(random_state_dict(NETS["T"], seed=3), path)
     hashed = []
@@ -198,7 +199,7 @@ def test_a_files_tensor_digest_is_remembered_and_recomputed_when_the_file_change
 
 
 def test_extractors_of_the_same_weights_share_one_net_and_lazy_ones_read_nothing(tmp_path, monkeypatch):
-    import featx.weights as fw
+    import featx.net.weights as fw
     path = tmp_path / "t.pth"
     torch.save(random_state_dict(NETS["T"], seed=5), path)
     reads = []
@@ -213,8 +214,8 @@ def test_extractors_of_the_same_weights_share_one_net_and_lazy_ones_read_nothing
 
 
 def test_one_record_per_published_weight_source():
-    from featx.nets import NETS
-    from featx.weights import CAFFE, NAMED_SOURCES, PREPROCESS, WEIGHT_SOURCES, weight_source
+    from featx.net.specs import NETS
+    from featx.net.weights import CAFFE, NAMED_SOURCES, PREPROCESS, WEIGHT_SOURCES, weight_source
     assert set(WEIGHT_SOURCES) == {(s, n.arch) for s in ("torchvision", "caffe") for n in NETS.values()
                                    if n.arch in ("vgg16", "vgg19")}
     for (source, arch), w in WEIGHT_SOURCES.items():
