@@ -186,7 +186,7 @@ def test_cuda_on_ray_needs_gpus_per_worker():
 def test_descriptors_of_a_ray_dataset_of_paths_and_bytes(ray_local, image_set):
     import ray
 
-    from featx.extract.distributed import descriptors
+    from featx.extract.distributed import with_descriptors
 
     paths = sorted(str(p) for p in image_set.glob("im0*.png"))[:5]
     by_path = ray.data.from_items([{"image": p, "key": i} for i, p in enumerate(paths)])
@@ -194,7 +194,7 @@ def test_descriptors_of_a_ray_dataset_of_paths_and_bytes(ray_local, image_set):
                                     {"image": b"junk", "key": 6}])
     out = []
     for ds in (by_path, by_bytes):
-        out += descriptors(ds, TINY, (224, 256), weights="random:0", num_workers=1,
+        out += with_descriptors(ds, TINY, (224, 256), weights="random:0", num_workers=1,
                            rows_per_call=8).take_all()
     out = sorted(out, key=lambda r: r["key"])
     assert [r["key"] for r in out] == list(range(7))

@@ -244,5 +244,5 @@ def run(data: Dataset, cfg: Config, cache_dir=None, root=None, log=print) -> Res
         metric=metric_of(data.task).name,
         headline=float(np.mean(headline)), headline_std=float(np.std(headline)) if len(runs) > 1 else None,
         classes=list(data.classes),
-        descriptors={net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
+        caches={net: {k: c.attrs.get(k) for k in PROVENANCE_KEYS} for net, c in desc.caches.items()},
         seconds=time.perf_counter() - start)

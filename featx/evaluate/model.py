@@ -55,7 +55,7 @@ def model_record(result, trained_on: str) -> dict:
     descriptor (nets, scales, aggregation, flip, compute type, and per net the weights by source,
     file name and tensor digest: never a path of the machine that trained it), the classes,
     and what it was fit on with which C."""
-    cfg, made = result.config, result.descriptors  # cfg.flip: the caches' (experiment.CachedDescriptors)
+    cfg, made = result.config, result.caches  # cfg.flip: the caches' (experiment.CachedDescriptors)
     weights = {}
     for net, m in made.items():
         file = str(m.get("weights_file") or "")

@@ -69,6 +69,11 @@ class FinalModel:
         return None if not d else cls(float(d["C"]), d["chosen_by"], d["trained_on"], int(d["samples"]))
 
 
+# Result fields stored under another key, the one result files have always used.
+FILE_KEYS = {"caches": "descriptors"}
+FIELDS = {key: name for name, key in FILE_KEYS.items()}
+
+
 @dataclass
 class Result:
     """A protocol's outcome on one dataset: the headline (mean ± std over splits) and its runs."""
@@ -79,7 +84,7 @@ class Result:
     headline: float  # in percent
     headline_std: float | None
     classes: list
-    descriptors: dict  # net -> the cache's provenance (weights, digest, dtype, ...)
+    caches: dict  # net -> its cache's provenance (weights, digest, dtype, ...); "descriptors" in the file
     seconds: float
     runs: list  # SplitRun
     paper: float | tuple | None = None  # the matching pipeline's figure, if any
@@ -120,7 +125,7 @@ class Result:
     def compute_dtype(self) -> str:
         """The type the descriptors were computed in ("float32" for 0.2.0 caches, which
         recorded none); one per result, since the caches of one descriptor never mix types."""
-        types = sorted({str(m.get("dtype") or "float32") for m in (self.descriptors or {}).values()})
+        types = sorted({str(m.get("dtype") or "float32") for m in (self.caches or {}).values()})
         return "+".join(types) or "float32"
 
     @property
@@ -138,7 +143,8 @@ class Result:
         return ", ".join(r.evaluated_on for r in self.runs)
 
     def to_json(self) -> dict:
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "path"}
+        out = {FILE_KEYS.get(f.name, f.name): getattr(self, f.name)
+               for f in dataclasses.fields(self) if f.name != "path"}
         out["config"] = self.config.to_json()
         out["runs"] = [r.to_json() for r in self.runs]
         out["final"] = self.final.to_json() if self.final is not None else None
@@ -149,8 +155,9 @@ class Result:
     def from_json(cls, d: dict, path: Path | None = None) -> "Result":
         metric_of(name=d["metric"])  # one this featx knows (else ValueError: not a result file)
         names = {f.name for f in dataclasses.fields(cls)} - {"path", "runs", "paper", "final", "config"}
+        fields = {FIELDS.get(k, k): v for k, v in d.items()}
         paper = d.get("paper")
-        return cls(**{k: v for k, v in d.items() if k in names}, config=Config.from_json(d["config"]),
+        return cls(**{k: v for k, v in fields.items() if k in names}, config=Config.from_json(d["config"]),
                    runs=[SplitRun.from_json(r) for r in d["runs"]],
                    paper=tuple(paper) if isinstance(paper, list) else paper, final=FinalModel.from_json(d.get("final")),
                    path=path)

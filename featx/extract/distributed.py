@@ -12,7 +12,7 @@ the file is the one a single-machine run writes, a rerun computes only the rows 
 images that fail to decode are recorded, and a worker that dies is restarted by Ray while its
 shard runs again (Ray Data retries actor tasks; rows that arrive twice are written once).
 
-`descriptors()` is the same worker for people who already have a Ray Dataset of images.
+`with_descriptors()` is the same worker for people who already have a Ray Dataset of images.
 """
 from __future__ import annotations
 
@@ -340,10 +340,10 @@ class ImageWorker:
         return message.removeprefix(f"image #{i}: ")
 
 
-def descriptors(dataset, net=DEFAULT_NET, scales=DEFAULT_SCALES, *, weights=None,
-                preprocess=None, column="image", flip=True, device="auto", dtype="float32",
-                batch_size=DEFAULT_BATCH_SIZE, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
-                cpus_per_worker=None):
+def with_descriptors(dataset, net=DEFAULT_NET, scales=DEFAULT_SCALES, *, weights=None,
+                     preprocess=None, column="image", flip=True, device="auto", dtype="float32",
+                     batch_size=DEFAULT_BATCH_SIZE, rows_per_call=64, num_workers=None, gpus_per_worker=0.0,
+                     cpus_per_worker=None):
     """A Ray Dataset of images -> the same rows plus `descriptor` and `error` columns (lazy).
 
     column: holds paths (str), encoded files (bytes, as ray.data.read_binary_files gives), or
@@ -355,7 +355,7 @@ def descriptors(dataset, net=DEFAULT_NET, scales=DEFAULT_SCALES, *, weights=None
         shape share forward passes of `batch_size`.
 
     >>> ds = ray.data.read_binary_files("s3://bucket/photos/").rename_columns({"bytes": "image"})
-    >>> featx.extract.distributed.descriptors(ds, "E", (256, 384), weights="caffe", gpus_per_worker=1)
+    >>> featx.extract.distributed.with_descriptors(ds, "E", (256, 384), weights="caffe", gpus_per_worker=1)
     """
     _check_device(device, gpus_per_worker)
     ray = connect()

@@ -30,7 +30,7 @@ TABLE_TITLES = {
 def weights_notes(result: Result) -> list[str]:
     """What the weights of each net were, where featx knows them by content."""
     notes = []
-    for net, made in (result.descriptors or {}).items():
+    for net, made in (result.caches or {}).items():
         what = describe_weights(made.get("weights_digest")) or describe_weights(made.get("weights_sha256"))
         if what:
             notes.append(f"{label_of(net)}: {made.get('weights')} weights = {what}")
