@@ -31,7 +31,7 @@ def child(a):
     import numpy as np
     import featx.extract.extractor as fx
     from featx import Extractor
-    from featx.data.images import read_sizes
+    from featx.data.images import read_sizes, target_size
     if a.mode == "off":
         fx._malloc_trim = lambda: None
     if a.smoke:
@@ -55,7 +55,7 @@ def child(a):
         if done // a.every > (done - len(batch.indices)) // a.every:
             trace.append((done, rss_gib()))
     seconds = time.perf_counter() - start
-    shapes = len({fx.target_size(tuple(s), a.scale) for s in sizes if s is not None})
+    shapes = len({target_size(tuple(s), a.scale) for s in sizes if s is not None})
     print(json.dumps({"mode": a.mode, "images": done, "shapes": shapes, "seconds": seconds,
                       "images_per_s": done / seconds, "rss_gib": trace, "final_gib": trace[-1][1],
                       "peak_gib": max(r for _, r in trace)}))

@@ -228,13 +228,14 @@ def test_ray_options_need_the_ray_engine(images, tmp_path):
 
 
 def test_the_ray_engine_holds_the_plan_not_a_net():
-    """Composition: the driver keeps a plan-only Extractor (its net on torch's meta device, no
-    memory); its plan and provenance are the local engine's."""
+    """The driver is an Engine, not an Extractor: it holds the plan and the weights to ship, no
+    net; its plan and provenance are the local engine's."""
     from featx.extract.distributed import RayExtractor
+    from featx.extract.engine import Engine
     ray_ex = RayExtractor(TINY, scales=(224, 256), weights="random:0", num_workers=1, batch_size=2)
     local = Extractor(TINY, scales=(224, 256), weights="random:0", device="cpu", batch_size=2)
-    assert not isinstance(ray_ex, Extractor)
-    assert {p.device.type for p in ray_ex.plan_of.model.parameters()} == {"meta"}
+    assert isinstance(ray_ex, Engine) and not isinstance(ray_ex, Extractor) and not hasattr(ray_ex, "model")
+    assert ray_ex.weights.state_dict == {} and set(ray_ex._shipped.state_dict) == set(local.spec.random_state_dict(0))
     assert ray_ex.provenance() == local.provenance() and ray_ex.weights.digest == local.weights.digest
     sizes = [(300, 400), (400, 300), (300, 400), None, (300, 400)]
     assert [(q, [b.tolist() for b in bs]) for q, bs in ray_ex.plan(sizes)] == \

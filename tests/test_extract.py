@@ -4,7 +4,10 @@ from PIL import Image
 
 from featx import Extractor, ImageError, aggregate, fuse, l2_normalize
 from featx.extract.cost import descriptor_flops
-from featx.extract.extractor import Batch, WorkBar, plan_batches
+from featx.extract.engine import plan_batches
+from featx.extract.extractor import Batch, WorkBar
+
+from conftest import make_image
 
 
 def tiny(**kw):
@@ -122,20 +125,25 @@ def test_the_work_bar_counts_a_scale_planned_in_several_shards_once():
         assert bar.text() == "Net-T Q=224 0/12 images"
 
 
-def test_the_three_engines_implement_the_engine_protocol():
-    """featx.extract.update.Engine is the contract extract_to_cache reads; each engine has all of it."""
+def test_the_three_engines_are_one_engine_class(tmp_path):
+    """featx.extract.engine.Engine is what extract_to_cache reads: the local engine, the Ray engine
+    and Planned are all Engines, so what they compute, their plan and provenance are the same code."""
     from featx.extract.distributed import RayExtractor
-    from featx.extract.update import Engine, Planned, as_engine
-    members = [m for m in dir(Engine) if not m.startswith("_")] + list(Engine.__annotations__)
-    assert {"spec", "scales", "flip", "dtype", "dim", "workers", "weights", "provenance", "iter_batches"} <= set(members)
-    local = Extractor("T", scales=(224,), weights="random:0", device="cpu")
-    planned = Planned(lambda: local, "T", (224,), "random:0")
-    for engine in (local, planned):
-        for m in members:
-            assert hasattr(engine, m), (type(engine).__name__, m)
-    for m in ("provenance", "iter_batches", "weights", "spec", "scales", "flip", "dtype", "dim", "workers"):
-        assert hasattr(RayExtractor, m), m  # its plan's, read through
-    assert as_engine(local) is local and as_engine(lambda: local) is local
+    from featx.extract.engine import Engine
+    from featx.extract.update import Planned, as_engine
+    assert issubclass(Extractor, Engine) and issubclass(RayExtractor, Engine) and issubclass(Planned, Engine)
+    local = Extractor("T", scales=(224,), weights="random:0", device="cpu", batch_size=2)
     built = []
-    lazy = Planned(lambda: built.append(1) or local, "T", (224,), "random:0")
+    lazy = Planned(lambda: built.append(1) or local, "T", scales=(224,), weights="random:0", batch_size=2)
+    assert as_engine(local) is local and as_engine(lambda: local) is local
     assert as_engine(lazy) is lazy and not built  # telling an engine from a factory builds nothing
+    sizes = [(300, 400), (224, 224), (300, 400), (300, 400)]
+    assert lazy.provenance() == local.provenance() and lazy.dim == local.dim == 16 and not built
+    assert [(q, [b.tolist() for b in bs]) for q, bs in lazy.plan(sizes)] == [(224, [[1], [0, 2], [3]])]
+    assert [(q, [b.tolist() for b in bs]) for q, bs in local.plan(sizes)] == [(224, [[1], [0, 2], [3]])]
+    with pytest.raises(NotImplementedError, match="an engine implements iter_batches"):
+        next(iter(Engine("T", scales=(224,), weights="random:0").iter_batches([], [])))
+    assert lazy.weights.digest == local.weights.digest
+    images = [str(make_image(tmp_path / "a.png", (224, 224)))]
+    batch, = lazy.iter_batches(images, [(224, 224)])
+    assert built == [1] and np.array_equal(batch.descriptors, local.extract(images)[:, 0])

@@ -27,8 +27,8 @@ import numpy as np
 
 from ..atomic import file_digest, write_text
 from ..errors import DatasetError
-from .images import IMAGE_EXTENSIONS, Crop
 from ..paths import data_root, image_set_key, shipped_splits
+from .images import IMAGE_EXTENSIONS, Crop
 
 VOC_CLASSES = ("aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",

@@ -13,9 +13,9 @@ import numpy as np
 
 from ..config import DescriptorSpec
 from ..errors import ConfigError
-from .fusion import combine
 from ..net.specs import get_spec
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .fusion import combine
 
 
 @dataclass

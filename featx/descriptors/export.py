@@ -31,8 +31,8 @@ import numpy as np
 from .. import atomic
 from ..errors import CacheError, ConfigError
 from ..extract.cache import DescriptorCache, usable_rows
-from .fusion import combine
 from ..options import AGGREGATIONS
+from .fusion import combine
 
 FORMATS = ("parquet", "npy")
 PROVENANCE_KEYS = ("net", "arch", "dim", "weights", "weights_digest", "preprocess", "flip", "dtype",

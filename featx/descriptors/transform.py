@@ -14,9 +14,9 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from .descriptor import Descriptor
 from ..errors import ImageError
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .descriptor import Descriptor
 
 
 class VGGDescriptor(TransformerMixin, BaseEstimator):

@@ -18,15 +18,15 @@ from typing import Callable
 
 import numpy as np
 
-from .classifiers import OneVsRestSVM
 from ..config import Config
 from ..data.datasets import Dataset
 from ..descriptors.fusion import combine, fuse, l2_normalize
 from ..errors import CacheError, ConfigError
 from ..extract.cache import DescriptorCache
 from ..extract.identity import check_current
-from .metrics import metric_of, nanmean
 from ..net.specs import label_of
+from .classifiers import OneVsRestSVM
+from .metrics import metric_of, nanmean
 from .results import FinalModel, Result, SplitRun
 
 PROVENANCE_KEYS = ("weights", "weights_file", "weights_digest", "weights_sha256", "preprocess", "flip", "dtype",

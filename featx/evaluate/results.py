@@ -19,8 +19,8 @@ from .. import __version__
 from ..atomic import check_writable, file_digest, write_text
 from ..config import Config
 from ..errors import ConfigError
-from .metrics import Metric, metric_of, nanmean
 from ..net.kernels import cpu_info
+from .metrics import Metric, metric_of, nanmean
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 How the work is divided. The driver (the process running `featx extract --engine ray`) reads
 every image's size, makes the local engine's plan (images of one rescaled shape batched,
-`batch_size` per forward pass; see Extractor.plan) and cuts it, scale by scale, into shards of
+`batch_size` per forward pass; see featx.extract.engine.Engine.plan) and cuts it, scale by scale, into shards of
 `batches_per_shard` forward passes, each a list of image indices. Each shard is one Ray Data
 task, run by a pool of long-lived actors that each hold one loaded net: the weights travel once
 through Ray's object store, so workers need the images (same paths on every node: a shared
@@ -32,11 +32,12 @@ import torch
 
 from ..data.images import read_sizes
 from ..errors import ConfigError, EngineError
-from .extractor import Batch, Extractor, WorkBar
 from ..net.specs import check_scales, get_spec
 from ..net.weights import Weights, load_weights
 from ..options import DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
 from ..paths import ray_address
+from .engine import Engine
+from .extractor import Batch, Extractor, WorkBar
 
 INSTALL_HINT = "pip install 'featx[ray]' (or pip install 'ray[data]')"
 
@@ -173,8 +174,8 @@ class ShardWorker:
                 yield _rows(done, self.ex.dim)
 
 
-class RayExtractor:
-    """Runs an Extractor's plan on a Ray cluster; a drop-in for extract_to_cache.
+class RayExtractor(Engine):
+    """Runs the local engine's plan on a Ray cluster; a drop-in for extract_to_cache.
 
     >>> ex = RayExtractor("E", scales=(256, 384), weights="vgg19.pth", preprocess="caffe",
     ...                   address="auto", gpus_per_worker=1)
@@ -185,9 +186,8 @@ class RayExtractor:
     a dead worker costs at most one shard). `device` is resolved on each worker ("auto": its
     GPU if it was given one). The weights load here once and are shipped to the workers.
 
-    What the engines share is the plan: `self.plan_of` is an Extractor on torch's "meta" device
-    (shapes only, no memory), which plans the forward passes and states the provenance exactly
-    as the local engine does; the nets that compute live on the workers.
+    What the engines share is featx.extract.engine.Engine: the plan and the provenance, made
+    here exactly as the local engine makes them; the nets that compute live on the workers.
     """
 
     def __init__(self, net=DEFAULT_NET, scales=DEFAULT_SCALES, flip=True, weights=None,
@@ -195,6 +195,7 @@ class RayExtractor:
                  progress=False, address=None, num_workers=None, gpus_per_worker=0.0,
                  cpus_per_worker=None, batches_per_shard=4):
         require_ray()
+        super().__init__(net, scales, flip, weights, preprocess, dtype, batch_size, workers, progress)
         self.address = address
         self.num_workers = num_workers
         self.gpus_per_worker = float(gpus_per_worker or 0)
@@ -204,31 +205,11 @@ class RayExtractor:
             raise ConfigError("batches_per_shard must be at least 1")
         self.worker_device = str(device)
         _check_device(device, self.gpus_per_worker)
-        self.decode_threads = workers
-        self.progress = progress
-        spec = get_spec(net)
-        loaded = load_weights(spec, weights, preprocess, progress=progress)
+        self.worker_threads = workers  # decoding threads per worker (None: by its CPUs)
+        loaded = load_weights(self.spec, *self._source, progress=progress)
         self._shipped = _shippable(loaded)
-        self.plan_of = Extractor(spec, scales, flip, loaded, preprocess, "meta", dtype, batch_size,
-                                 workers, progress)
+        self._weights = replace(loaded, state_dict={})
         self.device = f"ray ({ray_address(address) or 'local'})"
-
-    # featx.extract.update.Engine, what extract_to_cache reads of an engine: the plan's, unchanged.
-    spec = property(lambda self: self.plan_of.spec)
-    scales = property(lambda self: self.plan_of.scales)
-    flip = property(lambda self: self.plan_of.flip)
-    dtype = property(lambda self: self.plan_of.dtype)
-    dim = property(lambda self: self.plan_of.dim)
-    batch_size = property(lambda self: self.plan_of.batch_size)
-    workers = property(lambda self: self.plan_of.workers)
-    weights = property(lambda self: self.plan_of.weights)
-    preprocess = property(lambda self: self.plan_of.preprocess)
-
-    def provenance(self) -> dict:
-        return self.plan_of.provenance()
-
-    def plan(self, sizes, scales=None, skip=None):
-        return self.plan_of.plan(sizes, scales, skip)
 
     def shards(self, sizes, scales=None, skip=None) -> list[tuple[int, list[np.ndarray]]]:
         """The plan cut into tasks: [(Q, [row indices of each forward pass])]."""
@@ -244,7 +225,7 @@ class RayExtractor:
         ray = connect(self.address)
         n, cpus = worker_resources(ray, self.num_workers, self.gpus_per_worker, self.cpus_per_worker)
         options = dict(net=self.spec, scales=self.scales, flip=self.flip, device=self.worker_device,
-                       dtype=self.dtype, batch_size=self.batch_size, workers=self.decode_threads)
+                       dtype=self.dtype, batch_size=self.batch_size, workers=self.worker_threads)
         refs = [ray.put(self._shipped), ray.put(shards), ray.put(list(images))]
         ds = ray.data.from_items([{"shard": k} for k in range(len(shards))],
                                  override_num_blocks=len(shards))  # one task per shard

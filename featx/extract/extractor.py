@@ -18,7 +18,7 @@ import functools
 import os
 import sys
 import warnings
-from collections import OrderedDict, defaultdict, deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -27,14 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .cost import descriptor_flops
-from ..data.images import as_images, decode_threads, load_resized, name_of, read_size, read_sizes, target_size
+from ..data.images import as_images, load_resized, name_of, read_size, read_sizes
 from ..errors import ConfigError, ImageError
 from ..net.kernels import (Kernels, check_supported as check_kernels, choose as choose_kernels, cpu_info,
                            onednn_refusal, parse_kernels)
-from ..net.specs import check_scales, get_spec
 from ..net.weights import load_weights
 from ..options import COMPUTE_TYPES, DEFAULT_BATCH_SIZE, DEFAULT_NET, DEFAULT_SCALES
+from .cost import descriptor_flops
+from .engine import Engine
 
 DTYPES = {name: getattr(torch, name) for name in COMPUTE_TYPES}
 
@@ -106,19 +106,6 @@ class Batch:
     transient: set = field(default_factory=set)  # failures that may pass (file not found, I/O error)
 
 
-def plan_batches(sizes: Sequence, q: int, batch_size: int) -> list[np.ndarray]:
-    """Group image indices by rescaled shape, then cut each group every `batch_size` images.
-
-    `sizes[i]` is (h, w) or None for an image that cannot be read (left out).
-    """
-    groups = defaultdict(list)
-    for i, hw in enumerate(sizes):
-        if hw is not None:
-            groups[target_size(tuple(hw), q)].append(i)
-    return [np.asarray(idx[k:k + batch_size]) for shape in sorted(groups)
-            for idx in [groups[shape]] for k in range(0, len(idx), batch_size)]
-
-
 class WorkBar:
     """One progress bar for a whole plan, advanced by each batch's FLOPs rather than by its
     image count: a plan runs each scale's small shapes first and then the next, larger scale,
@@ -168,7 +155,7 @@ class WorkBar:
         return False
 
 
-class Extractor:
+class Extractor(Engine):
     """Frozen net turned into a dense multi-scale image descriptor.
 
     >>> ex = Extractor(net="E", weights="vgg19.pth", preprocess="caffe", scales=(256, 384))
@@ -195,12 +182,7 @@ class Extractor:
     def __init__(self, net=DEFAULT_NET, scales=DEFAULT_SCALES, flip=True, weights=None,
                  preprocess=None, device="auto", dtype="float32", batch_size=DEFAULT_BATCH_SIZE, workers=None,
                  progress=False, kernels=None, lazy=False):
-        self.spec = get_spec(net)
-        self.scales = check_scales(scales, self.spec)
-        self.flip = bool(flip)
-        if dtype not in DTYPES:
-            raise ConfigError(f"dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self.dtype = dtype
+        super().__init__(net, scales, flip, weights, preprocess, dtype, batch_size, workers, progress)
         self.device = resolve_device(device)
         if dtype == "bfloat16" and self.device.type == "cpu" and not cpu_info().native_bfloat16:
             no_onednn = bool(onednn_refusal(DTYPES[dtype]))
@@ -217,19 +199,9 @@ class Extractor:
             kernels = Kernels(how=f"{self.spec.label}: torch's own")
         self.kernels = kernels or choose_kernels(self.device, DTYPES[dtype])
         check_kernels(self.kernels, self.device, DTYPES[dtype])
-        self.batch_size = int(batch_size)
-        if self.batch_size < 1:
-            raise ConfigError("batch_size must be at least 1")
-        if workers is not None and int(workers) < 1:
-            raise ConfigError(f"workers={workers}: decoding needs at least 1 thread")
-        self.workers = decode_threads(workers)
-        self.progress = progress
-        # The source is resolved (and a missing file refused) now; its tensors are read now, or
-        # with lazy=True at the first forward pass, so featx extract with nothing left to compute
-        # never reads them (it knows the weights by the digest remembered for the file).
-        self._source = (self.spec.default_weights if weights is None else weights, preprocess)
-        self._weights = load_weights(self.spec, *self._source, progress=progress, tensors=False)
-        self.preprocess = self._weights.preprocess
+        # The weights' source is resolved (a missing file refused) by Engine.__init__; their tensors
+        # are read now, or with lazy=True at the first forward pass, so featx extract with
+        # nothing left to compute never reads them (it knows them by the digest remembered).
         self._model = None
         if not lazy:
             self.model  # noqa: B018  (loads the weights)
@@ -255,12 +227,8 @@ class Extractor:
                     _NETS.popitem(last=False)
         return self._model
 
-    @property
-    def weights(self):
-        """The weights' provenance (featx.net.weights.Weights without tensors); their digest is
-        the one remembered for the file, or computed by loading them."""
-        if not self._weights.digest:
-            self.model  # noqa: B018
+    def _read_weights(self):
+        self.model  # noqa: B018  (the net holds the tensors; its load keeps their provenance)
         return self._weights
 
     @property
@@ -272,15 +240,6 @@ class Extractor:
         model = model.eval().requires_grad_(False).to(
             self.device, DTYPES[self.dtype], memory_format=torch.channels_last)
         return model.use_kernels(self.kernels)
-
-    @property
-    def dim(self) -> int:
-        return self.spec.dim
-
-    def provenance(self) -> dict:
-        """What determines the descriptors' values (stored with every cache)."""
-        from .update import provenance
-        return provenance(self.spec, self._weights, self.flip)
 
     # -- extraction -------------------------------------------------------------------------
 
@@ -311,20 +270,6 @@ class Extractor:
             out[batch.indices, self.scales.index(batch.scale)] = batch.descriptors
         out[list(failures)] = np.nan  # failed at one scale: no descriptor at all
         return out, failures
-
-    def plan(self, sizes: Sequence, scales=None, skip=None) -> list[tuple[int, list[np.ndarray]]]:
-        """[(Q, [row indices of each forward pass])]: the batches iter_batches runs, scale by
-        scale; every engine runs this same plan, so they all give the same numbers."""
-        scales = self.scales if scales is None else check_scales(scales, self.spec)
-        skip = skip or {}
-        out = []
-        for q in scales:
-            batches = plan_batches(sizes, q, self.batch_size)
-            if q in skip:
-                batches = [b[~skip[q][b]] for b in batches]
-                batches = [b for b in batches if len(b)]
-            out.append((q, batches))
-        return out
 
     def iter_batches(self, images: Sequence, sizes: Sequence, scales=None,
                      skip=None) -> Iterator[Batch]:

@@ -9,33 +9,28 @@ ones are recomputed), then run the plan's forward passes and commit each batch.
 from __future__ import annotations
 
 import errno
+import inspect
 import shlex
 import time
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from filelock import FileLock, Timeout
 
 from .. import __version__, paths
+from ..data.images import target_size
+from ..errors import CacheError, ConfigError, ImageError
+from ..net.kernels import cpu_info
+from ..net.specs import label_of
+from ..paths import cache_dir as resolve_cache_dir
 from .cache import (DONE, FAILED, FORMAT, TODO, DescriptorCache, Writer, error_column, lock_file, provenance_diff,
                     remove_stale_temporaries, write_file)
-from ..data.images import INTERPOLATION, decode_threads, target_size
-from ..errors import CacheError, ConfigError, ImageError
+from .engine import Engine
 from .identity import (CHANGED, DETERMINISTIC, NO_ERROR, SAME, TOUCHED, TRANSIENT, Record, Survey, box_of, file_of,
                        survey)
-from ..net.kernels import cpu_info
-from ..net.specs import check_scales, get_spec, label_of
-from ..net.weights import load_weights
-from ..options import DEFAULT_SCALES
-from ..paths import cache_dir as resolve_cache_dir
-
-if TYPE_CHECKING:  # torch loads only when an engine computes
-    from .extractor import Batch
-    from ..net.specs import Backbone
-    from ..net.weights import Weights
 
 
 @dataclass
@@ -105,33 +100,12 @@ def lock_cache(path: Path) -> FileLock:
     return lock
 
 
-class Engine(Protocol):
-    """What extract_to_cache needs of an extraction engine. Three implement it:
-    featx.extract.extractor.Extractor (this process), featx.extract.distributed.RayExtractor (a Ray cluster's
-    actors, planned here exactly as the local engine plans) and `Planned` (either of them,
-    built the first time a row needs computing)."""
-
-    spec: "Backbone"  # the net
-    scales: tuple  # every Q it computes
-    flip: bool
-    dtype: str  # the compute type
-    dim: int  # the descriptor dimension
-    workers: int  # threads reading images (also for the survey of the image set)
-
-    @property
-    def weights(self) -> "Weights": ...  # resolved source, digest, file checksum
-
-    def provenance(self) -> dict: ...  # what determines the values (a cache's identity)
-
-    def iter_batches(self, images: Sequence, sizes: Sequence, scales=None, skip=None) -> Iterator["Batch"]:
-        """The forward passes for these images (sizes: (h, w) or None each), scale by scale,
-        leaving out the (row, Q) pairs in `skip`, as Batches in any order."""
+ENGINE_OPTIONS = set(inspect.signature(Engine).parameters)  # what every engine takes
 
 
 def as_engine(extractor) -> Engine:
-    """An engine, or a function making one (called now). Decided by the class, so nothing of
-    the engine (a property that would read the weights) is evaluated to tell."""
-    return extractor if hasattr(type(extractor), "iter_batches") else extractor()
+    """An engine, or a function making one (called now)."""
+    return extractor if isinstance(extractor, Engine) else extractor()
 
 
 def extract_to_cache(extractor: "Engine | Callable[[], Engine]", items: Sequence, ids: Sequence[str], path, name: str = "",
@@ -233,52 +207,29 @@ def device_name(ex=None, device=None) -> str:
     return ""
 
 
-def provenance(spec, weights, flip: bool) -> dict:
-    """What determines a net's descriptors' values (stored with every cache): the net, the
-    weights (a featx.net.weights.Weights, tensors or not) and their preprocessing, the flip."""
-    p = weights.preprocess
-    return {
-        "net": spec.name, "arch": spec.arch, "dim": spec.dim,
-        "weights": weights.source, "weights_file": str(weights.path or ""),
-        "preprocess": p.name, "channel_order": p.channel_order,
-        "mean": list(p.mean), "std": list(p.std), "value_range": p.value_range,
-        "flip": flip, "interpolation": INTERPOLATION, "pooling": spec.pooling,
-    }
-
-
 def _provenance(ex) -> dict:
     return dict(ex.provenance(), weights_digest=ex.weights.digest, dtype=ex.dtype,
                 featx_version=__version__, torch_version=version("torch"))
 
 
-class Planned:
-    """An extraction engine known by what it computes before it exists: the net, its scales,
-    flip, compute type and weights (resolved, not read: their digest is the one featx remembers
-    for the file). `build` makes the engine (importing torch, reading the weights) the first
-    time a row needs computing, so a cache that is complete is checked in a fraction of a
-    second. An Engine: what extract_to_cache reads is known without building it."""
+class Planned(Engine):
+    """An engine known by what it computes before it exists (an Engine's options; its weights
+    resolved, not read). `build` makes the engine (importing torch, reading the weights) the
+    first time a row needs computing, so a cache that is complete is checked in a fraction of a
+    second."""
 
-    def __init__(self, build: Callable, net, scales, weights, preprocess=None, flip: bool = True,
-                 dtype: str = "float32", workers=None):
-        self.spec = get_spec(net)
-        self.scales = check_scales(scales, self.spec)
-        self.flip, self.dtype, self.dim = bool(flip), dtype, self.spec.dim
-        self.workers = decode_threads(workers)
-        self._weights = load_weights(self.spec, weights, preprocess, tensors=False)
+    def __init__(self, build: Callable[[], Engine], net, **options):
+        super().__init__(net, **options)
         self._build, self._engine = build, None
 
     @property
-    def engine(self):
+    def engine(self) -> Engine:
         if self._engine is None:
             self._engine = self._build()
         return self._engine
 
-    @property
-    def weights(self):
-        return self._weights if self._weights.digest else self.engine.weights
-
-    def provenance(self) -> dict:
-        return provenance(self.spec, self._weights, self.flip)
+    def _read_weights(self):
+        return self.engine.weights
 
     def iter_batches(self, *args, **kwargs):
         return self.engine.iter_batches(*args, **kwargs)
@@ -497,9 +448,8 @@ def update_caches(nets, items, ids, name: str, path_for: Callable[[str], Path], 
                     f"on {ex.device}, Q = {', '.join(map(str, ex.scales))} -> {path}")
             return ex
 
-        planned = Planned(build, net, extractor_options.get("scales", DEFAULT_SCALES), weights[net],
-                          (preprocess or {}).get(net), extractor_options.get("flip", True),
-                          extractor_options.get("dtype", "float32"), extractor_options.get("workers"))
+        planned = Planned(build, net, weights=weights[net], preprocess=(preprocess or {}).get(net),
+                          **{k: v for k, v in extractor_options.items() if k in ENGINE_OPTIONS})
         summaries.append(extract_to_cache(planned, items, ids, path, name=name, rows=rows, strict=strict,
                                           progress=progress, source=source, retry_failed=retry_failed))
     return summaries
