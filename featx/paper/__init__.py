@@ -1,2 +1,2 @@
-"""The paper's experiments: pipeline files (pipeline), running them (reproduce), the report
-(report) and the cost model (cost)."""
+"""The paper's experiments: pipeline files (pipeline), running them (reproduce) and the report
+(report)."""
