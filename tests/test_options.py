@@ -103,3 +103,17 @@ def test_preprocess_is_given_per_net_and_checked_by_the_descriptor_spec(tmp_path
     r = run(*base, "--preprocess", "T=caffe", "--out", tmp_path / "b.h5")
     assert r.exit_code == 0, r.output
     assert DescriptorCache(tmp_path / "b.h5").made_with.preprocess == "caffe"
+
+
+def test_the_help_names_every_benchmark_featx_reads():
+    """The --help texts list the benchmarks by hand (featx --help loads no dataset code); they
+    name exactly featx.data.datasets.DATASETS, so a dataset added there is added here too."""
+    from featx.data.datasets import DATASETS
+
+    def named(text):
+        text = text.replace("caltech101/256", "caltech101 caltech256")
+        return set(re.findall(r"\b(voc\d{4}(?:-action)?|caltech\d+)\b", text))
+
+    extract_help = next(p.help for p in main.commands["extract"].params if p.name == "dataset")
+    assert named(extract_help) == set(DATASETS)
+    assert named(main.commands["svm"].help.split("Protocols")[1].split("Writes")[0]) == set(DATASETS)
