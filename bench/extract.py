@@ -38,7 +38,7 @@ from featx.extract.cost import ceiling_rates, descriptor_flops  # noqa: E402
 from featx.extract.extractor import DTYPES, resolve_device  # noqa: E402
 from featx.net.kernels import Kernels, choose as choose_kernels, cpu_info, measure, parse_kernels  # noqa: E402
 from featx.data.images import target_size  # noqa: E402
-from featx.net.specs import NETS
+from featx.net.specs import NETS  # noqa: E402
 from featx.net.vgg import random_state_dict, reference_dense_net  # noqa: E402
 from featx.net.weights import TORCHVISION  # noqa: E402
 

@@ -48,7 +48,7 @@ def top_level_imports(path: Path, source: str | None = None) -> set[str]:
 
 
 def modules():
-    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py" and p.parent.name != "__pycache__")
+    return sorted(p for p in PACKAGE.rglob("*.py") if p.name != "__main__.py")
 
 
 def test_every_module_is_in_a_layer():
